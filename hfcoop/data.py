@@ -1,0 +1,143 @@
+"""The two dataset formats (TRL's conventions), their tokenisation and collation.
+
+- unconditional: a ``text`` column; generation starts from BOS, so the "prompt" of every row is ``[BOS]``.
+- conditional: ``prompt`` and ``completion`` columns; losses, samples and metrics concern the completion only.
+
+Every tokenised row becomes ``prompt_input_ids`` + ``completion_input_ids`` (the completion ends with EOS
+unless it was truncated), and a batch is left-padded prompts + right-padded completions: exactly the layout
+that ``generate`` produces, so real and generated sequences go through the same forward code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset, IterableDataset
+
+Format = Literal["text", "prompt_completion"]
+
+
+def detect_format(column_names: list[str] | None, dataset_name: str = "dataset") -> Format:
+    """Which of the two formats a dataset is in; a clear error naming the fix otherwise."""
+    columns = set(column_names or [])
+    if {"prompt", "completion"} <= columns:
+        return "prompt_completion"
+    if "text" in columns:
+        return "text"
+    raise ValueError(
+        f"{dataset_name} has columns {sorted(columns)}, but hfcoop needs either a 'text' column (unconditional "
+        "generation) or 'prompt' and 'completion' columns (conditional generation). Rename your columns with "
+        "`dataset.rename_column(...)` or use a task preset from `hfcoop.data`."
+    )
+
+
+def validate_dataset(dataset: Dataset | IterableDataset | None, dataset_name: str) -> Format | None:
+    """Checks a dataset before any compute: format, non-empty, string columns."""
+    if dataset is None:
+        return None
+    fmt = detect_format(dataset.column_names, dataset_name)
+    if isinstance(dataset, Dataset):
+        if len(dataset) == 0:
+            raise ValueError(f"{dataset_name} is empty: give it at least one row.")
+        first = dataset[0]
+        for column in ("text",) if fmt == "text" else ("prompt", "completion"):
+            if not isinstance(first[column], str):
+                raise ValueError(
+                    f"{dataset_name} column '{column}' must hold strings, got {type(first[column]).__name__} "
+                    "(conversational/message-list rows are not supported yet: render them to text first)."
+                )
+    return fmt
+
+
+def start_token_id(tokenizer: Any) -> int:
+    """The token an unconditional sample starts from: BOS, or EOS for tokenizers without BOS (GPT-2 has both)."""
+    token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token_id is None:
+        raise ValueError("The tokenizer has neither a BOS nor an EOS token: set `tokenizer.eos_token` first.")
+    return token_id
+
+
+def tokenize_row(
+    row: dict[str, Any], tokenizer: Any, fmt: Format, max_prompt_length: int | None, max_completion_length: int
+) -> dict[str, list[int]]:
+    """One row -> ``prompt_input_ids`` / ``completion_input_ids``.
+
+    Completions get EOS appended *before* truncation to ``max_completion_length`` (the budget the generator
+    samples with), so a truncated completion ends without EOS exactly like a truncated sample does.
+    Prompts keep their last ``max_prompt_length`` tokens, the part nearest the completion.
+    """
+    if fmt == "text":
+        prompt_ids = [start_token_id(tokenizer)]
+        completion_text = row["text"]
+    else:
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        if max_prompt_length is not None:
+            prompt_ids = prompt_ids[-max_prompt_length:]
+        if not prompt_ids:
+            prompt_ids = [start_token_id(tokenizer)]
+        completion_text = row["completion"]
+    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {"prompt_input_ids": prompt_ids, "completion_input_ids": completion_ids[:max_completion_length]}
+
+
+def tokenize_dataset(
+    dataset: Dataset | IterableDataset,
+    tokenizer: Any,
+    fmt: Format,
+    max_prompt_length: int | None,
+    max_completion_length: int,
+    num_proc: int | None = None,
+) -> Dataset | IterableDataset:
+    """Tokenises a dataset in either format, keeping only the tokenised columns."""
+    kwargs = {"num_proc": num_proc, "desc": "Tokenizing"} if isinstance(dataset, Dataset) else {}
+    return dataset.map(
+        tokenize_row,
+        fn_kwargs=dict(
+            tokenizer=tokenizer,
+            fmt=fmt,
+            max_prompt_length=max_prompt_length,
+            max_completion_length=max_completion_length,
+        ),
+        remove_columns=dataset.column_names,
+        **kwargs,
+    )
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@dataclass
+class PromptCompletionCollator:
+    """Left-pads prompts and right-pads completions (the layout ``generate`` returns)."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompt_ids, prompt_mask = pad_left([r["prompt_input_ids"] for r in rows], self.pad_token_id)
+        completion_ids, completion_mask = pad_right([r["completion_input_ids"] for r in rows], self.pad_token_id)
+        return {
+            "prompt_input_ids": prompt_ids,
+            "prompt_attention_mask": prompt_mask,
+            "completion_input_ids": completion_ids,
+            "completion_mask": completion_mask,
+        }

@@ -1,0 +1,226 @@
+"""Loading generators and companions, and the one module that holds both.
+
+The generator and its companion live in one ``nn.Module`` (:class:`CooperativePair`) so that a single
+``accelerator.prepare``, one optimizer with per-model parameter groups and one backward serve both: mixed
+precision, DDP/DeepSpeed/FSDP, gradient accumulation and checkpoints then cover the companion for free.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+try:
+    from peft import PeftModel, set_peft_model_state_dict
+except ImportError:  # peft is a hard dependency, but keep import errors readable
+    PeftModel = None  # type: ignore[assignment,misc]
+
+# Encoder-only families that AutoModelForCausalLM would silently turn into a (untrained) decoder head.
+_ENCODER_ONLY = {
+    "bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta", "camembert",
+    "modernbert", "mpnet", "xlm-roberta-xl", "ernie", "megatron-bert", "nomic_bert",
+}  # fmt: skip
+
+
+def _check_causal_config(config: Any, name: str) -> None:
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{name} is an encoder-decoder model ({model_type}); hfcoop trains decoder-only causal LMs. "
+            "Use a causal LM such as GPT-2, SmolLM, Qwen or Llama."
+        )
+    if model_type in _ENCODER_ONLY and not getattr(config, "is_decoder", False):
+        raise ValueError(
+            f"{name} is an encoder-only model ({model_type}) and cannot generate text left to right. "
+            "Use a causal LM (AutoModelForCausalLM) such as GPT-2, SmolLM, Qwen or Llama."
+        )
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"{name} ({model_type}) has no causal-LM head in transformers; pick a causal LM.")
+
+
+def load_causal_lm(
+    model: str | PreTrainedModel, *, name: str = "model", dtype: Any = "auto", trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A causal LM from a model object, a local path or a Hub id; a clear error for anything else."""
+    if isinstance(model, str):
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        _check_causal_config(config, f"{name} '{model}'")
+        return AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    if not isinstance(base, PreTrainedModel) or not hasattr(base, "generate"):
+        raise ValueError(f"{name} must be a transformers causal LM or a path/Hub id, got {type(model).__name__}.")
+    _check_causal_config(base.config, f"{name} ({type(base).__name__})")
+    if type(base).__name__ not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        raise ValueError(
+            f"{name} is a {type(base).__name__}, not a causal-LM class; load it with AutoModelForCausalLM."
+        )
+    return model
+
+
+def load_tokenizer(processing_class: Any, model_name_or_path: str | None) -> Any:
+    """The tokenizer, with a pad token (EOS reused, as TRL does) and left padding for generation."""
+    if processing_class is None:
+        if model_name_or_path is None:
+            raise ValueError("Pass `processing_class` (a tokenizer) when the model is given as an object.")
+        processing_class = AutoTokenizer.from_pretrained(model_name_or_path)
+    elif isinstance(processing_class, str):
+        processing_class = AutoTokenizer.from_pretrained(processing_class)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)  # processors wrap a tokenizer
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            "The tokenizer has no EOS token, so generated sequences could never end: set one with "
+            "`tokenizer.add_special_tokens({'eos_token': ...})` (and resize the model's embeddings)."
+        )
+    if tokenizer.pad_token_id is None:
+        # Padding positions are always masked, so reusing EOS is safe and needs no new embedding row.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def vocab_size_of(model: nn.Module) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_same_vocabulary(generator: nn.Module, companion: nn.Module, tokenizer: Any, companion_name: str) -> None:
+    """Generator and a token-level companion must index the same vocabulary (CoT's per-token KL needs it)."""
+    g, c = vocab_size_of(generator), vocab_size_of(companion)
+    if g != c:
+        raise ValueError(
+            f"Vocabulary mismatch: the generator has {g} output tokens but the {companion_name} has {c}. "
+            f"The {companion_name} must use the generator's tokenizer; pass `{companion_name}=None` to start it "
+            "as a copy of the generator."
+        )
+    if len(tokenizer) > g:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the generator only {g} embeddings: call "
+            "`model.resize_token_embeddings(len(tokenizer))` first."
+        )
+
+
+def uses_logits_to_keep(model: nn.Module) -> bool:
+    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def sequence_inputs(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Forward kwargs for left-padded prompt + right-padded completion, with positions that skip the padding."""
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
+
+
+def completion_logits(model: nn.Module, inputs: dict[str, torch.Tensor], completion_length: int) -> torch.Tensor:
+    """Logits that predict each completion token, ``(B, C, V)``; only those positions go through the LM head."""
+    kwargs = dict(inputs)
+    if uses_logits_to_keep(model):
+        kwargs["logits_to_keep"] = completion_length + 1
+    logits = model(**kwargs, use_cache=False).logits
+    return logits[:, -completion_length - 1 : -1]
+
+
+class CooperativePair(nn.Module):
+    """Generator + companion as one module; ``forward`` runs whichever of the two is given inputs.
+
+    One forward per step (even when both models run) keeps DDP's one-forward-one-backward contract.
+    ``companion`` may be ``None`` (MLE) or any ``nn.Module`` (an LM, a sequence classifier, a parameter holder).
+    """
+
+    def __init__(self, generator: nn.Module, companion: nn.Module | None = None) -> None:
+        super().__init__()
+        self.generator = generator
+        self.companion = companion
+
+    @property
+    def config(self) -> Any:  # Trainer and accelerate read model.config (e.g. for FLOPs, model cards)
+        return self.generator.config
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Trainer's ``activation_checkpointing`` applies to every model of the pair that supports it."""
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        for module in (self.generator, self.companion):
+            if module is not None and getattr(module, "supports_gradient_checkpointing", False):
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+                if hasattr(module, "enable_input_require_grads"):  # PEFT: frozen embeddings need grad inputs
+                    module.enable_input_require_grads()
+
+    def forward(
+        self,
+        generator: dict[str, Any] | None = None,
+        companion: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        gen_out = comp_out = None
+        if generator is not None:
+            gen_out = completion_logits(self.generator, generator["inputs"], generator["completion_length"])
+        if companion is not None:
+            if "completion_length" in companion:
+                comp_out = completion_logits(self.companion, companion["inputs"], companion["completion_length"])
+            else:
+                comp_out = self.companion(**companion["inputs"]).logits
+        return gen_out, comp_out
+
+
+def _tied_names(module: nn.Module) -> set[str]:
+    """Names of parameters that share storage with an earlier one (dropped by ``save_pretrained``)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            tied.add(name)
+        else:
+            seen[ptr] = name
+    return tied
+
+
+def save_module(module: nn.Module, directory: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """``save_pretrained`` (safetensors) for models and adapters; plain safetensors for other modules."""
+    if hasattr(module, "save_pretrained"):
+        module.save_pretrained(directory, state_dict=state_dict)
+        return
+    from safetensors.torch import save_model
+
+    os.makedirs(directory, exist_ok=True)
+    save_model(module, os.path.join(directory, "model.safetensors"))
+
+
+def load_module_weights(module: nn.Module, directory: str) -> None:
+    """Loads weights written by :func:`save_module` back into ``module`` in place (exact resume)."""
+    if PeftModel is not None and isinstance(module, PeftModel):
+        set_peft_model_state_dict(module, load_file(os.path.join(directory, "adapter_model.safetensors")))
+        return
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted({os.path.join(directory, v) for v in json.load(f)["weight_map"].values()})
+    else:
+        files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"No safetensors weights in {directory}: this is not a hfcoop checkpoint.")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(load_file(path))
+    result = module.load_state_dict(state, strict=False)
+    missing = set(result.missing_keys) - _tied_names(module)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"Checkpoint {directory} does not match the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(result.unexpected_keys)[:5]}."
+        )

@@ -1,0 +1,312 @@
+"""The shared mechanism: a generator plus one companion model, trained together by ``transformers.Trainer``.
+
+Each step: sample from the generator (no grad, eval mode, KV cache) -> one forward of the
+:class:`~hfcoop.modeling.CooperativePair` (companion on real + generated, generator on its training
+sequences) -> ``loss = generator_loss(detached companion signal) + companion_loss`` -> one backward, one
+optimizer step with per-model parameter groups. Subclasses implement :meth:`CooperativeTrainer.cooperative_step`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+
+from ..data import PromptCompletionCollator, tokenize_dataset, validate_dataset
+from ..losses import token_logprobs
+from ..model_card import write_model_card
+from ..modeling import (
+    CooperativePair,
+    load_causal_lm,
+    load_module_weights,
+    load_tokenizer,
+    save_module,
+    sequence_inputs,
+)
+from ..sampling import build_generation_config, generation_mode, sample_completions
+
+
+@dataclass
+class CooperativeConfig(TrainingArguments):
+    """Training arguments shared by every hfcoop algorithm (all of ``TrainingArguments`` plus these)."""
+
+    max_prompt_length: int | None = field(
+        default=256, metadata={"help": "Prompts keep their last this-many tokens (conditional data). None: no limit."}
+    )
+    max_completion_length: int = field(
+        default=32,
+        metadata={
+            "help": "Most tokens sampled per completion; real completions are truncated to the same budget so "
+            "real and generated sequences are comparable."
+        },
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the training samples."})
+    top_k: int = field(default=0, metadata={"help": "Top-k filtering of the training samples (0: off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering of the training samples (1.0: off)."})
+    save_companion: bool = field(
+        default=False,
+        metadata={"help": "Also export the companion (mediator/ratio model/discriminator) in a subfolder."},
+    )
+    companion_peft: bool = field(
+        default=False, metadata={"help": "Also put the `peft_config` adapters on an LM companion (not only G)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the Hub (only for models you trust)."}
+    )
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: hfcoop's collator needs its tokenised columns."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+
+    @property
+    def companion_learning_rate(self) -> float | None:
+        """Learning rate of the companion's parameter group (None: same as the generator's)."""
+        return None
+
+    def needs_unused_parameters(self) -> bool:
+        """Whether some parameters can miss a backward pass (DDP must then search for unused parameters)."""
+        return False
+
+    def __post_init__(self) -> None:
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = self.needs_unused_parameters()
+        super().__post_init__()
+
+
+class CooperativeTrainer(Trainer):
+    """Base trainer: loads and checks everything, owns sampling, logging, saving and resuming.
+
+    Subclasses set the class attributes and implement :meth:`build_companion` and :meth:`cooperative_step`.
+    """
+
+    config_class: type[CooperativeConfig] = CooperativeConfig
+    algorithm: str = "mle"
+    algorithm_title: str = "Maximum likelihood (MLE)"
+    companion_name: str = "companion"
+    paper: str = ""
+    citation: str = ""
+    # Our losses are means over the micro-batch's sequences; Trainer divides them by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        companion: Any = None,
+        args: CooperativeConfig | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | None = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+    ) -> None:
+        if args is None:
+            args = self.config_class(output_dir=f"hfcoop-{self.algorithm}")
+        elif not isinstance(args, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
+        # Cheap checks first: nothing is loaded or computed before the data is known to be usable.
+        train_format = validate_dataset(train_dataset, "train_dataset")
+        eval_format = validate_dataset(eval_dataset, "eval_dataset")
+        self.data_format = train_format or eval_format
+        model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+        self.base_model_id = model_id
+        tokenizer = load_tokenizer(processing_class, model_id)
+        generator = load_causal_lm(model, name="model", trust_remote_code=args.trust_remote_code)
+        companion_module = self.build_companion(companion, generator, tokenizer, args)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            generator = get_peft_model(generator, peft_config)
+            if args.companion_peft and isinstance(companion_module, PreTrainedModel):
+                companion_module = get_peft_model(companion_module, copy.deepcopy(peft_config))
+        self.check_pair(generator, companion_module, tokenizer)
+        pair = CooperativePair(generator, companion_module)
+
+        def prepare(dataset: Any, fmt: Any) -> Any:
+            if dataset is None:
+                return None
+            return tokenize_dataset(
+                dataset, tokenizer, fmt, args.max_prompt_length, args.max_completion_length, args.dataset_num_proc
+            )
+
+        super().__init__(
+            model=pair,
+            args=args,
+            data_collator=PromptCompletionCollator(tokenizer.pad_token_id),
+            train_dataset=prepare(train_dataset, train_format),
+            eval_dataset=prepare(eval_dataset, eval_format),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.generation_config = build_generation_config(
+            tokenizer, args.max_completion_length, args.temperature, args.top_k, args.top_p
+        )
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._checkpointing = False  # True while save_model writes a resumable checkpoint
+
+    # ----------------------------------------------------------------- hooks for the algorithms
+    def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module | None:
+        """The companion module (None for MLE). Called before PEFT wraps the generator."""
+        return None
+
+    def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
+        """Compatibility checks between generator and companion, raised at construction."""
+
+    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One training step's loss; record statistics with :meth:`log_metric`."""
+        raise NotImplementedError
+
+    def save_extra_state(self, output_dir: str) -> None:
+        """Algorithm state outside the two models that a checkpoint must hold (e.g. GENERE's mixture logits)."""
+
+    def load_extra_state(self, checkpoint_dir: str) -> None:
+        """Inverse of :meth:`save_extra_state`."""
+
+    def card_hyperparameters(self) -> dict[str, Any]:
+        """The algorithm's own config fields, for the model card."""
+        shared = {f.name for f in dataclasses.fields(CooperativeConfig)}
+        return {f.name: getattr(self.args, f.name) for f in dataclasses.fields(self.args) if f.name not in shared}
+
+    # ----------------------------------------------------------------- shared mechanism
+    @property
+    def pair(self) -> CooperativePair:
+        return self.accelerator.unwrap_model(self.model)
+
+    def log_metric(self, name: str, value: torch.Tensor | float) -> None:
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode][name].append(torch.as_tensor(value, dtype=torch.float32).detach())
+
+    def sample(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_return_sequences: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Completions sampled from the current generator for left-padded prompts (ids, mask), right-padded."""
+        generator = self.pair.generator
+        with generation_mode(generator, self.accelerator, self.model_wrapped) as g:
+            ids, mask = sample_completions(g, prompt_ids, prompt_mask, self.generation_config, num_return_sequences)
+        self.log_metric(f"{self.algorithm}/completion_length", mask.sum(1).float().mean())
+        self.log_metric(f"{self.algorithm}/eos_rate", (ids == self.processing_class.eos_token_id).any(1).float().mean())
+        return ids, mask
+
+    @staticmethod
+    def lm_inputs(
+        prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> dict[str, Any]:
+        """Pair-forward arguments that return completion logits of a causal LM."""
+        return {
+            "inputs": sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask),
+            "completion_length": completion_ids.shape[1],
+        }
+
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        loss = self.cooperative_step(model, inputs)
+        # Per-sequence sums divided by the completion budget: a per-token scale that stays exact under
+        # gradient accumulation and DDP (a constant, unlike the batch's token count).
+        return loss / self.args.max_completion_length
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> tuple[torch.Tensor, None, None]:
+        """Evaluation loss = the generator's per-token NLL of the eval completions (teacher forced)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
+            logits, _ = model(
+                generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask)
+            )
+            nll = -(token_logprobs(logits, ids) * mask).sum() / mask.sum().clamp(min=1)
+        return nll.detach(), None, None
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, with the companion's parameters in groups of their own learning rate."""
+        optimizer = super().create_optimizer(model)
+        companion = self.pair.companion
+        if companion is None:
+            return optimizer
+        companion_lr = self.args.companion_learning_rate or self.args.learning_rate
+        companion_ids = {id(p) for p in companion.parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            for is_companion in (False, True):
+                params = [p for p in group["params"] if (id(p) in companion_ids) == is_companion]
+                if params:
+                    groups.append({**group, "params": params, **({"lr": companion_lr} if is_companion else {})})
+        optimizer.param_groups = groups
+        return optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        names = sorted(self._metrics[mode])
+        if names:
+            means = torch.stack([torch.stack(self._metrics[mode][n]).mean() for n in names]).to(self.args.device)
+            means = self.accelerator.reduce(means, reduction="mean")
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({f"{prefix}{n}": v for n, v in zip(names, means.tolist())})
+            self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------- saving and resuming
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Exports the generator alone (plus the companion with ``save_companion``); checkpoints hold both."""
+        self._checkpointing = _internal_call and not getattr(self, "_exporting", False)
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self._checkpointing = False
+        if not _internal_call and self.args.should_save:
+            self.create_model_card(output_dir=output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        pair = self.pair
+        split: dict[str, dict[str, torch.Tensor] | None] = {"generator": None, "companion": None}
+        if state_dict:  # DeepSpeed/FSDP hand us the gathered state dict of the whole pair
+            for part in split:
+                split[part] = {k[len(part) + 1 :]: v for k, v in state_dict.items() if k.startswith(part + ".")}
+        save_module(pair.generator, output_dir, split["generator"])
+        if pair.companion is not None and (self._checkpointing or self.args.save_companion):
+            save_module(pair.companion, os.path.join(output_dir, self.companion_name), split["companion"])
+        self.processing_class.save_pretrained(output_dir)
+        self.generation_config.save_pretrained(os.path.join(output_dir, "hfcoop_sampling"))
+        with open(os.path.join(output_dir, "hfcoop_training_args.json"), "w") as f:
+            f.write(self.args.to_json_string())
+        if self._checkpointing:
+            self.save_extra_state(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        pair = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_module_weights(pair.generator, resume_from_checkpoint)
+        if pair.companion is not None:
+            load_module_weights(pair.companion, os.path.join(resume_from_checkpoint, self.companion_name))
+        self.load_extra_state(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs: Any) -> Any:
+        """Uploads the exported generator, its tokenizer and model card (never the companion unless asked)."""
+        self._exporting = True
+        try:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+        finally:
+            self._exporting = False
+
+    def create_model_card(self, output_dir: str | None = None, **kwargs: Any) -> None:
+        if not self.is_world_process_zero():
+            return
+        write_model_card(self, output_dir or self.args.output_dir, **kwargs)
+

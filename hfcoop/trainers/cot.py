@@ -1,0 +1,138 @@
+"""Cooperative Training (CoT), Lu et al., ICML 2019 — Algorithm 1.
+
+    repeat
+        for N_m steps:  mix equal batches {s_g} ~ G and {s_p} ~ p_data; update M with Eq. (9)
+        generate {s} ~ G; update G with Eq. (14)
+
+Here every optimizer step updates the mediator on the step's real batch and an equal batch of fresh samples;
+every ``mediator_steps``-th step also updates the generator on those same samples, with the mediator's
+(detached) next-token distributions from the same forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
+from ..modeling import check_same_vocabulary, load_causal_lm
+from .base import CooperativeConfig, CooperativeTrainer
+
+COT_CITATION = """@inproceedings{lu2019cot,
+  title     = {{CoT}: Cooperative Training for Generative Modeling of Discrete Data},
+  author    = {Lu, Sidi and Yu, Lantao and Feng, Siyuan and Zhu, Yaoming and Zhang, Weinan},
+  booktitle = {Proceedings of the 36th International Conference on Machine Learning},
+  year      = {2019}
+}"""
+
+
+@dataclass
+class CoTConfig(CooperativeConfig):
+    """Configuration of :class:`CoTTrainer` (plus every ``TrainingArguments`` field)."""
+
+    mediator_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the mediator (None: the generator's; the paper found equal rates best)."},
+    )
+    mediator_steps: int = field(
+        default=1, metadata={"help": "N_m of Algorithm 1: mediator updates per generator update."}
+    )
+    gamma: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the high-variance REINFORCE term of Sec. 3.1.3 (0 = Eq. 14, the paper's choice)."},
+    )
+    kl_chunk_size: int | None = field(
+        default=1024,
+        metadata={"help": "Positions per chunk of the full-vocabulary KL (bounds memory for large vocabularies)."},
+    )
+
+    @property
+    def companion_learning_rate(self) -> float | None:
+        return self.mediator_learning_rate
+
+    def needs_unused_parameters(self) -> bool:
+        return self.mediator_steps > 1  # the generator sits out the mediator-only steps
+
+    def __post_init__(self) -> None:
+        if self.mediator_steps < 1:
+            raise ValueError(f"mediator_steps must be >= 1, got {self.mediator_steps}.")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
+        super().__post_init__()
+
+
+def pad_columns(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads completion ids and mask to ``width`` columns."""
+    extra = width - ids.shape[1]
+    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
+
+
+class CoTTrainer(CooperativeTrainer):
+    """``CoTTrainer(model, mediator=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+    peft_config=None, callbacks=None)``.
+
+    ``model`` and ``mediator`` are models or paths/Hub ids; ``mediator=None`` starts the mediator as a copy of
+    the generator. Both must share the generator's vocabulary.
+    """
+
+    config_class = CoTConfig
+    algorithm = "cot"
+    algorithm_title = "Cooperative Training (CoT)"
+    companion_name = "mediator"
+    paper = "CoT: Cooperative Training for Generative Modeling of Discrete Data (Lu et al., ICML 2019), arXiv:1804.03782"
+    citation = COT_CITATION
+
+    def __init__(self, model, mediator=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+        super().__init__(model, mediator, args, train_dataset, eval_dataset, processing_class, peft_config,
+                         callbacks, optimizers)  # fmt: skip
+
+    def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
+        if companion is None:
+            return copy.deepcopy(generator)
+        return load_causal_lm(companion, name="mediator", trust_remote_code=args.trust_remote_code)
+
+    def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
+        check_same_vocabulary(generator, companion, tokenizer, "mediator")
+
+    def is_generator_step(self) -> bool:
+        return self.state.global_step % self.args.mediator_steps == self.args.mediator_steps - 1
+
+    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
+        gen_ids, gen_mask = self.sample(prompt_ids, prompt_mask)
+        batch, gen_len = gen_ids.shape
+        pad_id = self.processing_class.pad_token_id
+
+        # Mediator: one forward over the balanced batch {s_p} ∪ {s_g} (Alg. 1, lines 4-6).
+        width = max(real_ids.shape[1], gen_len)
+        real_ids_w, real_mask_w = pad_columns(real_ids, real_mask, width, pad_id)
+        gen_ids_w, gen_mask_w = pad_columns(gen_ids, gen_mask, width, pad_id)
+        med_ids, med_mask = torch.cat([real_ids_w, gen_ids_w]), torch.cat([real_mask_w, gen_mask_w])
+        med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask)
+        train_generator = self.is_generator_step()
+        gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask) if train_generator else None
+
+        gen_logits, med_logits = model(generator=gen_part, companion=med_part)
+        med_logprobs = token_logprobs(med_logits, med_ids)
+        loss_m = mediator_loss(med_logprobs[:batch], real_mask_w, med_logprobs[batch:], gen_mask_w)
+        self.log_metric("mediator/balanced_nll", loss_m)  # Sec. 4.1.2: the live progress indicator
+        self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * real_mask_w).sum(-1).mean())
+        self.log_metric("mediator/nll_generated", -(med_logprobs[batch:] * gen_mask_w).sum(-1).mean())
+        if not train_generator:
+            return loss_m
+
+        # Generator: Eq. (14) on its own samples, against the mediator's detached distributions (line 9).
+        kl = per_token_kl(gen_logits, med_logits[batch:, :gen_len].detach(), self.args.kl_chunk_size)
+        gen_logprobs = token_logprobs(gen_logits, gen_ids) if self.args.gamma else None
+        loss_g = cot_generator_loss(kl, gen_mask, gen_logprobs, self.args.gamma)
+        self.log_metric("cot/generator_loss", loss_g)
+        self.log_metric("cot/kl_per_token", (kl.detach() * gen_mask).sum() / gen_mask.sum().clamp(min=1))
+        return loss_m + loss_g

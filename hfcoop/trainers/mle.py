@@ -1,0 +1,36 @@
+"""Maximum likelihood under the same harness as the cooperative trainers, so benchmarks compare like with like."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..losses import mle_loss, token_logprobs
+from .base import CooperativeConfig, CooperativeTrainer
+
+
+@dataclass
+class MLEConfig(CooperativeConfig):
+    """Teacher-forced maximum likelihood on the completions (no companion, no sampling)."""
+
+
+class MLETrainer(CooperativeTrainer):
+    """``MLETrainer(model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, peft_config=None)``."""
+
+    config_class = MLEConfig
+    algorithm = "mle"
+    algorithm_title = "Maximum likelihood (MLE)"
+
+    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+        super().__init__(model, None, args, train_dataset, eval_dataset, processing_class, peft_config, callbacks,
+                         optimizers)  # fmt: skip
+
+    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
+        logits, _ = model(generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask))
+        logprobs = token_logprobs(logits, ids)
+        self.log_metric("mle/nll_per_token", -(logprobs * mask).sum() / mask.sum().clamp(min=1))
+        return mle_loss(logprobs, mask)

@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hfcoop",
+    version="0.1.0",
+    description="Cooperative alternatives to maximum likelihood (CoT, psi-MLE, GCN, GENERE) for Hugging Face causal LMs",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hfcoop", "hfcoop.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "accelerate>=1.10",
+        "datasets>=3.0",
+        "peft>=0.17",
+        "evaluate>=0.4.5",
+        "trl>=1.0",
+        "sacrebleu>=2.4",
+        "rouge-score>=0.1.2",
+        "pyyaml",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard"],
+        "deepspeed": ["deepspeed>=0.16"],
+    },
+    entry_points={"console_scripts": ["hfcoop=hfcoop.cli:main"]},
+)
