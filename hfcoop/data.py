@@ -141,3 +141,30 @@ class PromptCompletionCollator:
             "completion_input_ids": completion_ids,
             "completion_mask": completion_mask,
         }
+
+
+_LOCAL_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_any_dataset(name_or_path: str, config_name: str | None = None, split: str = "train") -> Dataset:
+    """A split of a Hub dataset, a local dataset folder, or a local txt/json/jsonl/csv/parquet file.
+
+    Local text files give one row per line in a ``text`` column (empty lines dropped).
+    """
+    import os
+
+    from datasets import load_dataset, load_from_disk
+
+    if os.path.isfile(name_or_path):
+        ext = os.path.splitext(name_or_path)[1].lower()
+        if ext not in _LOCAL_BUILDERS:
+            raise ValueError(f"Unsupported data file {name_or_path}: use one of {sorted(_LOCAL_BUILDERS)}.")
+        dataset = load_dataset(_LOCAL_BUILDERS[ext], data_files={"data": name_or_path}, split="data")
+        if ext == ".txt":
+            dataset = dataset.filter(lambda row: bool(row["text"].strip()))
+        return dataset
+    if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_info.json")):
+        return load_from_disk(name_or_path)
+    if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_dict.json")):
+        return load_from_disk(name_or_path)[split]
+    return load_dataset(name_or_path, config_name, split=split)

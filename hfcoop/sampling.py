@@ -6,12 +6,18 @@ Cooperative samplers (resampling, MCTS guided by p·D) build on :func:`sample_co
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig, GenerationMixin
+
+try:
+    from peft import PeftModel
+except ImportError:  # peft is a hard dependency, but keep import errors readable
+    PeftModel = None  # type: ignore[assignment,misc]
 
 
 def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
@@ -32,7 +38,9 @@ def build_generation_config(
         do_sample=True,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
-        top_k=top_k if top_k > 0 else None,
+        # Explicit 0, not None: transformers 5 fills a None top_k with its global default (50), so "0: off" used to
+        # sample from the top 50 tokens only (and cost a top-k per token). 0 is what generate treats as "off".
+        top_k=max(top_k, 0),
         top_p=top_p,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -50,7 +58,7 @@ def generation_mode(model: nn.Module, accelerator: Any = None, engine: Any = Non
     DeepSpeed engine that wraps the pair).
     """
     was_training = model.training
-    checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    checkpointing = getattr(model, "is_activation_checkpointing", False)
     if checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
@@ -85,18 +93,195 @@ def sample_completions(
 
     The model must already be in :func:`generation_mode`. With ``num_return_sequences = K`` row ``i*K + k`` is
     the k-th sample of prompt ``i``.
+
+    Plain temperature / top-k / top-p sampling (what hfcoop's trainers ask for) runs in :func:`lean_sample`, a
+    KV-cached loop with ``generate``'s semantics but without its per-token overhead; any other configuration
+    (and models whose ``generate`` is special) goes through ``model.generate``.
     """
     if num_return_sequences != 1:
         generation_config = copy.copy(generation_config)
         generation_config.num_return_sequences = num_return_sequences
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config)
-    completion_ids = out[:, prompt_ids.shape[1] :]
+    lean = lean_sampling_settings(model, generation_config)
+    if lean is not None:
+        completion_ids = lean_sample(model, prompt_ids, prompt_mask, **lean)
+    else:
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config)
+        completion_ids = out[:, prompt_ids.shape[1] :]
     if completion_ids.shape[1] == 0:  # max_new_tokens=0 or immediate stop: keep one (masked) column
-        completion_ids = torch.full_like(out[:, :1], generation_config.pad_token_id)
+        completion_ids = torch.full_like(prompt_ids[:, :1], generation_config.pad_token_id).repeat_interleave(
+            num_return_sequences, dim=0
+        )
         return completion_ids, torch.zeros_like(completion_ids)
     mask = completion_mask_from_eos(completion_ids, generation_config.eos_token_id)
     completion_ids = completion_ids.masked_fill(mask == 0, generation_config.pad_token_id)
     return completion_ids, mask
+
+
+# ------------------------------------------------------------------------------------------- lean sampling loop
+# Why: for the small and mid-sized models hfcoop trains, ``generate`` spends much of each token outside the model
+# (logits-processor and stopping-criteria objects, input preparation, and above all ``torch.multinomial``, whose
+# exponential-race sampler draws one random number per vocabulary entry: ~5 ms per token for 16 x 4.6k on one
+# CPU core, more than the decoder forward itself). The loop below keeps the model call identical to ``generate``'s
+# (same cache class, 2D attention mask, position ids, ``logits_to_keep=1``) and samples by inverse CDF (one
+# uniform per row), which draws from exactly the same categorical distribution.
+
+# Settings the loop implements itself.
+_LEAN_HANDLED = {
+    "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_return_sequences",
+    "pad_token_id", "eos_token_id", "bos_token_id",
+}  # fmt: skip
+# Settings that change neither the sampled distribution nor the output (speed, caching, beam/assistant-only knobs).
+_LEAN_HARMLESS = {
+    "max_length", "use_cache", "cache_implementation", "cache_config", "max_cache_len", "compile_config",
+    "disable_compile", "output_attentions", "output_hidden_states", "early_stopping", "length_penalty",
+    "num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold",
+    "assistant_lookbehind", "target_lookbehind", "prefill_chunk_size", "low_memory", "decoder_start_token_id",
+    "transformers_version", "_from_model_config", "continuous_batching_config",
+}  # fmt: skip
+# Hooks a model overrides when its generation needs more than the standard decoder loop (stateful/SSM caches,
+# multimodal inputs, rope scaling switches, ...): such models keep using ``generate``.
+_GENERATION_HOOKS = ("generate", "prepare_inputs_for_generation", "_prepare_cache_for_generation",
+                     "_update_model_kwargs_for_generation")  # fmt: skip
+_LEAN_MODEL_CACHE: dict[type, bool] = {}
+
+
+def _lean_model_ok(model: nn.Module) -> bool:
+    base = model
+    if PeftModel is not None and isinstance(model, PeftModel):
+        if getattr(model.active_peft_config, "is_prompt_learning", False):
+            return False  # virtual tokens are injected by PeftModel.generate
+        base = model.get_base_model()
+    cls = type(base)
+    if cls not in _LEAN_MODEL_CACHE:
+        params = inspect.signature(cls.forward).parameters
+        _LEAN_MODEL_CACHE[cls] = (
+            isinstance(base, GenerationMixin)
+            and not getattr(cls, "_is_stateful", False)
+            and {"past_key_values", "position_ids", "attention_mask"} <= set(params)
+            and all(getattr(cls, h, None) is getattr(GenerationMixin, h, None) for h in _GENERATION_HOOKS)
+        )
+    return _LEAN_MODEL_CACHE[cls] and not getattr(base.config, "is_encoder_decoder", False)
+
+
+def lean_sampling_settings(model: nn.Module, generation_config: GenerationConfig) -> dict[str, Any] | None:
+    """The loop's arguments if ``generate`` would do plain temperature/top-k/top-p sampling (or greedy) with EOS
+    stopping for this model and config, else None. The config is merged with the model's own generation config
+    and transformers' global defaults exactly as ``generate`` merges them, so both paths sample the same thing."""
+    if not _lean_model_ok(model):
+        return None
+    merged = copy.deepcopy(generation_config)
+    own = getattr(model, "generation_config", None)
+    if own is not None:
+        merged.update(**own.to_dict(), defaults_only=True, allow_custom_entries=True)
+    get_defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    global_defaults = get_defaults() if get_defaults is not None else {}
+    merged.update(**global_defaults, defaults_only=True)
+    class_defaults = GenerationConfig().to_dict()
+    for key, value in merged.to_dict().items():
+        if key in _LEAN_HANDLED or key in _LEAN_HARMLESS:
+            continue
+        if value is None or value is False or value == class_defaults.get(key) or value == global_defaults.get(key):
+            continue
+        return None  # e.g. repetition_penalty, min_p, num_beams, stop_strings, return_dict_in_generate
+    if merged.max_new_tokens is None or merged.num_return_sequences is None:
+        return None
+    eos = merged.eos_token_id
+    eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    pad = merged.pad_token_id if merged.pad_token_id is not None else (eos[0] if eos else None)
+    if eos and pad is None:
+        return None
+    return {
+        "max_new_tokens": int(merged.max_new_tokens),
+        "do_sample": bool(merged.do_sample),
+        "temperature": float(merged.temperature if merged.temperature is not None else 1.0),
+        "top_k": int(merged.top_k or 0),
+        "top_p": float(merged.top_p if merged.top_p is not None else 1.0),
+        "eos_token_ids": eos,
+        "pad_token_id": pad,
+        "num_return_sequences": int(merged.num_return_sequences),
+    }
+
+
+def filter_logits(scores: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """``generate``'s temperature -> top-k -> top-p warpers, in that order and with the same tie handling."""
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1]))[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+        cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_to_remove = cumulative_probs <= (1 - top_p)
+        sorted_to_remove[..., -1:] = 0  # keep at least one token
+        to_remove = sorted_to_remove.scatter(1, sorted_indices, sorted_to_remove)
+        scores = scores.masked_fill(to_remove, -float("inf"))
+    return scores
+
+
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``probs`` ``(B, V)`` by inverse CDF: the same distribution as ``torch.multinomial(probs,
+    1)``, with one random number per row instead of one per entry. The CDF is accumulated in float64, so rounding
+    stays far below any probability a float32 softmax can represent; zero-probability entries are never drawn."""
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def lean_sample(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_ids: list[int] = (),
+    pad_token_id: int | None = None,
+    num_return_sequences: int = 1,
+) -> torch.Tensor:
+    """New tokens ``(B*K, <= max_new_tokens)`` for left-padded prompts, as ``generate`` returns them after the
+    prompt: rows that emitted EOS continue with ``pad_token_id``, and the loop stops once every row has."""
+    if num_return_sequences != 1:  # generate's expansion: row i*K + k is the k-th sample of prompt i
+        prompt_ids = prompt_ids.repeat_interleave(num_return_sequences, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(num_return_sequences, dim=0)
+    batch = prompt_ids.shape[0]
+    if max_new_tokens <= 0:
+        return prompt_ids[:, :0]
+    device = prompt_ids.device
+    # As generate: positions skip the left padding, and an all-ones mask is dropped (cheaper causal attention).
+    position_ids = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)
+    attention_mask = None if bool((prompt_mask == 1).all()) else prompt_mask
+    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    kwargs: dict[str, Any] = {"past_key_values": cache, "use_cache": True}
+    if "logits_to_keep" in inspect.signature(type(base).forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    eos = torch.tensor(eos_token_ids, device=device, dtype=torch.long) if eos_token_ids else None
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    tokens = []
+    input_ids, positions = prompt_ids, position_ids
+    for step in range(max_new_tokens):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **kwargs).logits
+        scores = logits[:, -1].float()
+        if do_sample:
+            next_tokens = sample_categorical(filter_logits(scores, temperature, top_k, top_p).softmax(dim=-1))
+        else:
+            next_tokens = scores.argmax(dim=-1)
+        if eos is not None:
+            next_tokens = torch.where(unfinished, next_tokens, pad_token_id)
+            unfinished &= ~torch.isin(next_tokens, eos)
+        tokens.append(next_tokens)
+        if step == max_new_tokens - 1 or (eos is not None and not bool(unfinished.any())):
+            break
+        input_ids = next_tokens[:, None]
+        positions = positions[:, -1:] + 1
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+    return torch.stack(tokens, dim=1)
 
 
 def _is_zero3(accelerator: Any) -> bool:

@@ -9,6 +9,7 @@ optimizer step with per-model parameter groups. Subclasses implement :meth:`Coop
 from __future__ import annotations
 
 import copy
+import hashlib
 import dataclasses
 import os
 from collections import defaultdict
@@ -191,11 +192,25 @@ class CooperativeTrainer(Trainer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Completions sampled from the current generator for left-padded prompts (ids, mask), right-padded."""
         generator = self.pair.generator
-        with generation_mode(generator, self.accelerator, self.model_wrapped) as g:
-            ids, mask = sample_completions(g, prompt_ids, prompt_mask, self.generation_config, num_return_sequences)
+        device_type = prompt_ids.device.type
+        devices = [prompt_ids.device.index or 0] if device_type == "cuda" else []
+        # Samples draw from their own RNG stream, a function of (seed, rank, step, call): every process samples
+        # different sequences even when all start from BOS, and a resumed run draws exactly the same ones.
+        with torch.random.fork_rng(devices=devices, device_type=device_type):
+            torch.manual_seed(self._sampling_seed())
+            with generation_mode(generator, self.accelerator, self.model_wrapped) as g:
+                ids, mask = sample_completions(g, prompt_ids, prompt_mask, self.generation_config, num_return_sequences)
         self.log_metric(f"{self.algorithm}/completion_length", mask.sum(1).float().mean())
         self.log_metric(f"{self.algorithm}/eos_rate", (ids == self.processing_class.eos_token_id).any(1).float().mean())
         return ids, mask
+
+    def _sampling_seed(self) -> int:
+        step = self.state.global_step
+        if getattr(self, "_sample_step", None) != step:
+            self._sample_step, self._sample_calls = step, 0
+        self._sample_calls += 1
+        key = f"{self.args.seed}/{self.accelerator.process_index}/{step}/{self._sample_calls}"
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
 
     @staticmethod
     def lm_inputs(

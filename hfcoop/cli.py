@@ -1,0 +1,322 @@
+"""``hfcoop`` command line: ``train <algorithm> --config recipe.yaml``, ``evaluate``, ``generate``.
+
+YAML recipes and command-line flags fill the same dataclasses (TRL's ``TrlParser``): the script arguments
+below plus the algorithm's ``XConfig`` (every ``TrainingArguments`` field). Flags override the YAML. Every verb
+also runs under ``accelerate launch -m hfcoop.cli ...``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGORITHMS = {"mle": "MLE", "cot": "CoT", "psi_mle": "PsiMLE", "gcn": "GCN", "genere": "Genere"}
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on and from: model, companion, data (everything that is not a training hyperparameter)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Generator: a Hub id or local path of a causal LM."}
+    )
+    companion_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Companion (CoT mediator / psi-MLE ratio model / GCN discriminator); default: from the generator."},
+    )
+    tiny_model: bool = field(
+        default=False,
+        metadata={"help": "No model given: build a tiny GPT-2 with a tokenizer trained on the training texts (offline demos)."},
+    )
+    tiny_model_layers: int = field(default=2, metadata={"help": "Layers of the tiny model."})
+    tiny_model_hidden: int = field(default=64, metadata={"help": "Hidden size of the tiny model."})
+    tiny_model_vocab_size: int = field(default=5000, metadata={"help": "Vocabulary size of the tiny tokenizer."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Training data: a Hub dataset id, a dataset folder, or a txt/json/jsonl/csv file."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Evaluation data if it is not a split of `dataset_name` (e.g. a test file)."}
+    )
+    dataset_eval_split: str | None = field(
+        default=None, metadata={"help": "Split of `dataset_name` used for evaluation (None: no evaluation split)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
+    generators: str | None = field(
+        default=None, metadata={"help": "GENERE only: `module:attribute` naming a list of black-box data generators."}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters on the generator instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules that get adapters (None: peft's default for the architecture)."}
+    )
+    quality_samples: int = field(
+        default=200, metadata={"help": "Samples generated for the before/after quality report (0: skip it)."}
+    )
+
+
+def _algorithm(name: str) -> tuple[type, type]:
+    import hfcoop
+
+    if name not in ALGORITHMS:
+        raise SystemExit(f"hfcoop: unknown algorithm '{name}'. Choose one of: {', '.join(ALGORITHMS)}.")
+    prefix = ALGORITHMS[name]
+    config_cls, trainer_cls = getattr(hfcoop, f"{prefix}Config", None), getattr(hfcoop, f"{prefix}Trainer", None)
+    if config_cls is None or trainer_cls is None:
+        raise SystemExit(f"hfcoop: algorithm '{name}' is not available in this version of hfcoop.")
+    return config_cls, trainer_cls
+
+
+def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]:
+    """YAML ``--config`` + flags into dataclasses; unknown fields and bad YAML are clear errors."""
+    import yaml
+    from trl import TrlParser
+
+    parser = TrlParser(dataclass_types)
+    try:
+        return parser.parse_args_and_config(argv)
+    except yaml.YAMLError as err:
+        raise SystemExit(f"hfcoop: the --config file is not valid YAML: {err}") from None
+    except ValueError as err:
+        raise SystemExit(f"hfcoop: {err}") from None
+
+
+def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
+    from .data import load_any_dataset
+
+    if script.dataset_name is None:
+        raise SystemExit("hfcoop: set `dataset_name` (a Hub dataset id or a local file) in the recipe or as a flag.")
+    train = load_any_dataset(script.dataset_name, script.dataset_config, script.dataset_train_split)
+    eval_ = None
+    if script.eval_dataset_name:
+        eval_ = load_any_dataset(script.eval_dataset_name, script.dataset_config, script.dataset_eval_split or "train")
+    elif script.dataset_eval_split:
+        eval_ = load_any_dataset(script.dataset_name, script.dataset_config, script.dataset_eval_split)
+    if script.max_train_samples is not None:
+        train = train.select(range(min(script.max_train_samples, len(train))))
+    if eval_ is not None and script.max_eval_samples is not None:
+        eval_ = eval_.select(range(min(script.max_eval_samples, len(eval_))))
+    return train, eval_
+
+
+def resolve_model(script: ScriptArguments, train: Any, output_dir: str) -> str:
+    """The generator path; builds the tiny model (once, inside the run's folder) when asked to."""
+    if script.model_name_or_path:
+        return script.model_name_or_path
+    if not script.tiny_model:
+        raise SystemExit("hfcoop: set `model_name_or_path` (Hub id or local path), or `tiny_model: true` for a demo.")
+    from .tiny import build_tiny_model
+
+    path = os.path.join(output_dir, "tiny-base-model")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
+        texts = [row[c] for row in train for c in columns]
+        build_tiny_model(
+            path,
+            texts,
+            vocab_size=script.tiny_model_vocab_size,
+            n_layer=script.tiny_model_layers,
+            n_embd=script.tiny_model_hidden,
+        )
+    return path
+
+
+def peft_config_from(script: ScriptArguments) -> Any:
+    if not script.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=script.lora_r,
+        lora_alpha=script.lora_alpha,
+        lora_dropout=script.lora_dropout,
+        target_modules=script.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def companion_from(name: str, script: ScriptArguments) -> Any:
+    if name != "genere":
+        return script.companion_name_or_path
+    if not script.generators:
+        raise SystemExit("hfcoop: GENERE needs `generators: module:attribute` naming a list of data generators.")
+    module_name, _, attribute = script.generators.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def train(argv: list[str]) -> dict[str, Any]:
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit(f"usage: hfcoop train <{'|'.join(ALGORITHMS)}> --config recipe.yaml [--flag value ...]")
+    name, argv = argv[0], argv[1:]
+    config_cls, trainer_cls = _algorithm(name)
+    script, args = parse((ScriptArguments, config_cls), argv)
+    train_ds, eval_ds = load_datasets(script)
+    model = resolve_model(script, train_ds, args.output_dir)
+    trainer = trainer_cls(
+        model,
+        companion_from(name, script),
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        peft_config=peft_config_from(script),
+    )
+    trainer.dataset_names = [d for d in (script.dataset_name, script.eval_dataset_name) if d]
+    trainer.launch_command = "hfcoop train " + " ".join([name, *argv])
+    report: dict[str, Any] = {}
+    if script.quality_samples and eval_ds is not None:
+        report["before"] = quality(trainer, eval_ds, script.quality_samples)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if script.quality_samples and eval_ds is not None:
+        report["after"] = quality(trainer, eval_ds, script.quality_samples)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        from .plotting import plot_training_curves
+
+        plot_training_curves(trainer.state.log_history, os.path.join(args.output_dir, "training_curves.png"))
+        if report:
+            with open(os.path.join(args.output_dir, "quality.json"), "w") as f:
+                json.dump(report, f, indent=2)
+            print_quality(report)
+        print(f"hfcoop: generator saved to {args.output_dir}")
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset_name=trainer.dataset_names)
+    return report
+
+
+def quality(trainer: Any, eval_dataset: Any, num_samples: int) -> dict[str, float]:
+    from .evaluation import generation_quality
+
+    return generation_quality(
+        trainer.pair.generator,
+        trainer.processing_class,
+        eval_dataset,
+        num_samples=num_samples,
+        max_new_tokens=trainer.args.max_completion_length,
+        max_prompt_length=trainer.args.max_prompt_length,
+        batch_size=max(trainer.args.per_device_eval_batch_size, 32),
+        seed=trainer.args.seed,
+    )
+
+
+def print_quality(report: dict[str, dict[str, float]]) -> None:
+    keys = list(report.get("after", report.get("before", {})))
+    print(f"\n{'metric':<22}{'before':>12}{'after':>12}")
+    for key in keys:
+        before, after = report.get("before", {}).get(key), report.get("after", {}).get(key)
+        fmt = lambda v: f"{v:>12.4f}" if isinstance(v, float) else f"{'-':>12}"  # noqa: E731
+        print(f"{key:<22}{fmt(before)}{fmt(after)}")
+
+
+@dataclass
+class EvaluateArguments:
+    """``hfcoop evaluate``: quality of a saved generator on a dataset."""
+
+    model_name_or_path: str = field(metadata={"help": "Generator to evaluate (Hub id or local path)."})
+    dataset_name: str = field(metadata={"help": "Evaluation data (Hub id, folder or file)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    split: str = field(default="test", metadata={"help": "Split of a Hub dataset."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows."})
+    num_samples: int = field(default=500, metadata={"help": "Samples generated for BLEU/ROUGE/diversity."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Most tokens per sample."})
+    max_prompt_length: int | None = field(default=256, metadata={"help": "Prompts keep their last N tokens."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    output_file: str | None = field(default=None, metadata={"help": "Write the metrics here as JSON."})
+
+
+def evaluate_cli(argv: list[str]) -> dict[str, float]:
+    from .data import load_any_dataset
+    from .evaluation import generation_quality
+    from .modeling import load_causal_lm, load_tokenizer
+
+    (a,) = parse((EvaluateArguments,), argv)
+    dataset = load_any_dataset(a.dataset_name, a.dataset_config, a.split)
+    if a.max_eval_samples is not None:
+        dataset = dataset.select(range(min(a.max_eval_samples, len(dataset))))
+    model = load_causal_lm(a.model_name_or_path)
+    tokenizer = load_tokenizer(None, a.model_name_or_path)
+    metrics = generation_quality(
+        model, tokenizer, dataset, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
+        max_prompt_length=a.max_prompt_length, batch_size=a.batch_size, seed=a.seed, temperature=a.temperature,
+    )  # fmt: skip
+    print(json.dumps(metrics, indent=2))
+    if a.output_file:
+        with open(a.output_file, "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
+
+
+@dataclass
+class GenerateArguments:
+    """``hfcoop generate``: sample from a saved generator."""
+
+    model_name_or_path: str = field(metadata={"help": "Generator (Hub id or local path)."})
+    prompts_file: str | None = field(default=None, metadata={"help": "One prompt per line (none: unconditional)."})
+    num_samples: int = field(default=10, metadata={"help": "Samples (per prompt when prompts are given)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Most tokens per sample."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_k: int = field(default=0, metadata={"help": "Top-k filtering (0: off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering (1.0: off)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    output_file: str | None = field(default=None, metadata={"help": "Write samples here (jsonl)."})
+
+
+def generate_cli(argv: list[str]) -> list[dict[str, str]]:
+    import torch
+
+    from .data import pad_left, start_token_id
+    from .modeling import load_causal_lm, load_tokenizer
+    from .sampling import build_generation_config, generation_mode, sample_completions
+
+    (a,) = parse((GenerateArguments,), argv)
+    torch.manual_seed(a.seed)
+    model = load_causal_lm(a.model_name_or_path)
+    tokenizer = load_tokenizer(None, a.model_name_or_path)
+    config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p)
+    if a.prompts_file:
+        with open(a.prompts_file) as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    else:
+        prompts = [""]
+    rows = []
+    with generation_mode(model) as g:
+        for prompt in prompts:
+            ids = tokenizer(prompt)["input_ids"] if prompt else [start_token_id(tokenizer)]
+            prompt_ids, prompt_mask = pad_left([ids] * a.num_samples, tokenizer.pad_token_id)
+            out, _ = sample_completions(g, prompt_ids, prompt_mask, config)
+            rows += [{"prompt": prompt, "completion": t} for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    if a.output_file:
+        with open(a.output_file, "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return rows
+
+
+VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print(f"verbs: {', '.join(VERBS)}; algorithms: {', '.join(ALGORITHMS)}")
+        return
+    verb = argv[0]
+    if verb not in VERBS:
+        raise SystemExit(f"hfcoop: unknown command '{verb}'. Choose one of: {', '.join(VERBS)}.")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    VERBS[verb](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny models built from configs, saved and loaded back by path like a Hub model."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # without it a Hub lookup retries for ~48 s before failing
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib
+
+import pytest
+from datasets import Dataset
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+BUNDLED_DATA = ROOT / "recipes" / "data"
+
+
+def coco_lines(n: int, split: str = "train") -> list[str]:
+    """COCO captions (Texygen split) from ../shared/data, or the slice bundled in the repo."""
+    name = "image_coco.txt" if split == "train" else "test_coco.txt"
+    path = SHARED_DATA / "image_coco" / name
+    if not path.exists():
+        path = BUNDLED_DATA / f"coco_{split}_sample.txt"
+    return [line for line in path.read_text().splitlines() if line.strip()][:n]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> str:
+    """A 1-layer GPT-2 with a word-level tokenizer trained on 500 COCO captions."""
+    from hfcoop.tiny import build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny_lm")
+    return build_tiny_model(str(path), coco_lines(500), vocab_size=600, n_layer=1, n_embd=32, n_head=2, n_positions=64)
+
+
+@pytest.fixture()
+def coco_text() -> Dataset:
+    return Dataset.from_dict({"text": coco_lines(64)})
+
+
+@pytest.fixture()
+def coco_prompt_completion() -> Dataset:
+    lines = coco_lines(64)
+    return Dataset.from_dict(
+        {"prompt": [" ".join(l.split()[:3]) for l in lines], "completion": [" ".join(l.split()[3:]) for l in lines]}
+    )
