@@ -310,3 +310,13 @@ def test_tokenizer_without_eos_is_refused_with_the_fix(tiny_lm, coco_text, tmp_p
     tok.eos_token = None
     with pytest.raises(ValueError, match="no EOS token"):
         CoTTrainer(tiny_lm, train_dataset=coco_text, processing_class=tok, args=cot_args(tmp_path))
+
+
+def test_bf16_autocast_and_activation_checkpointing(tiny_lm, coco_text, tmp_path):
+    args = cot_args(tmp_path, max_steps=2, bf16=True, use_cpu=True, activation_checkpointing=True)
+    trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=args)
+    trainer.train()
+    # sampling switches checkpointing off (it disables the KV cache) and must switch it back on
+    assert trainer.pair.generator.is_activation_checkpointing
+    assert trainer.pair.companion.is_activation_checkpointing
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)

@@ -114,7 +114,9 @@ class CooperativeTrainer(Trainer):
             args = self.config_class(output_dir=f"hfcoop-{self.algorithm}")
         elif not isinstance(args, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
-        # Cheap checks first: nothing is loaded or computed before the data is known to be usable.
+        # Cheap checks first: nothing is loaded or computed before the data and the Hub token are known good.
+        if args.push_to_hub:
+            check_hub_token(args.hub_token)
         train_format = validate_dataset(train_dataset, "train_dataset")
         eval_format = validate_dataset(eval_dataset, "eval_dataset")
         self.data_format = train_format or eval_format
@@ -325,3 +327,13 @@ class CooperativeTrainer(Trainer):
             return
         write_model_card(self, output_dir or self.args.output_dir, **kwargs)
 
+
+def check_hub_token(token: str | None) -> None:
+    """``push_to_hub`` without a token would fail only after training: refuse before any compute."""
+    from huggingface_hub import get_token
+
+    if not (token or get_token()):
+        raise ValueError(
+            "push_to_hub=True but no Hugging Face token was found. Run `hf auth login`, set the HF_TOKEN "
+            "environment variable, or pass `hub_token` (it is never logged)."
+        )

@@ -1,0 +1,51 @@
+"""The repository's promises: README's commands, CI calling the same test command, recipes that parse."""
+
+import glob
+import os
+import re
+
+import pytest
+
+from hfcoop.cli import ALGORITHMS, ScriptArguments, _algorithm, parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_commands() -> list[str]:
+    text = open(os.path.join(ROOT, "README.md")).read()
+    return re.findall(r"```bash\n(.+?)\n```", text)
+
+
+def test_readme_opens_with_main_job_and_test_commands():
+    main_job, tests = readme_commands()[:2]
+    assert "hfcoop train cot --config recipes/coco/cot_tiny.yaml" in main_job
+    assert "torch==2.13.0" in main_job and "torch==2.13.0" in tests
+    assert "pytest tests" in tests
+
+
+def test_ci_runs_the_readme_test_command():
+    tests = readme_commands()[1]
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert tests in ci.splitlines()
+
+
+TRAINING_RECIPES = sorted(
+    path
+    for path in glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True)
+    if os.sep + "accelerate" + os.sep not in path  # accelerate launch configs, validated in test_cli.py
+)
+
+
+def test_there_are_recipes():
+    assert len(TRAINING_RECIPES) >= 2
+
+
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES)
+def test_every_recipe_parses_into_its_config(recipe):
+    stem = os.path.basename(recipe)
+    name = "psi_mle" if stem.startswith("psi_mle") else stem.split("_")[0].removesuffix(".yaml")
+    assert name in ALGORITHMS, f"recipe {recipe} must be named <algorithm>_<variant>.yaml"
+    config_cls, _ = _algorithm(name)
+    # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU machine: override it, check the rest.
+    script, args = parse((ScriptArguments, config_cls), ["--config", recipe, "--bf16", "false", "--fp16", "false"])
+    assert script.dataset_name and args.output_dir
