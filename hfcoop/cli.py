@@ -160,9 +160,10 @@ def train(argv: list[str]) -> dict[str, Any]:
     script, args = parse((ScriptArguments, config_cls), argv)
     train_ds, eval_ds = load_datasets(script)
     model = resolve_model(script, train_ds, args.output_dir)
+    companion = () if name == "mle" else (companion_from(name, script),)
     trainer = trainer_cls(
         model,
-        companion_from(name, script),
+        *companion,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,

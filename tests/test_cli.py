@@ -1,0 +1,79 @@
+"""The `hfcoop` command end to end on bundled data and a tiny model built by the CLI itself."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hfcoop.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "recipes", "data")
+RECIPE = os.path.join(ROOT, "recipes", "coco", "cot_tiny.yaml")
+
+
+def small_run_flags(out):
+    return [
+        "--dataset_name", os.path.join(DATA, "coco_train_sample.txt"),
+        "--eval_dataset_name", os.path.join(DATA, "coco_test_sample.txt"),
+        "--max_train_samples", "256", "--max_eval_samples", "64", "--quality_samples", "16",
+        "--tiny_model_hidden", "32", "--tiny_model_layers", "1", "--tiny_model_vocab_size", "800",
+        "--max_steps", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "8",
+        "--logging_steps", "2", "--save_steps", "2", "--output_dir", out, "--disable_tqdm", "true",
+    ]  # fmt: skip
+
+
+def test_train_generate_evaluate(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    main(["train", "cot", "--config", RECIPE, *small_run_flags(out)])
+    printed = capsys.readouterr().out
+    assert "before" in printed and "after" in printed and "bleu-2" in printed
+    quality = json.load(open(os.path.join(out, "quality.json")))
+    assert set(quality) == {"before", "after"}
+    assert quality["before"]["nll_per_token"] != quality["after"]["nll_per_token"]
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))
+    assert os.path.isfile(os.path.join(out, "training_curves.png"))
+    assert "hfcoop train cot" in open(os.path.join(out, "README.md")).read()
+
+    main(["generate", "--model_name_or_path", out, "--num_samples", "3", "--max_new_tokens", "6"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows) == 3 and all(isinstance(r["completion"], str) for r in rows)
+
+    metrics_file = str(tmp_path / "metrics.json")
+    main(["evaluate", "--model_name_or_path", out, "--dataset_name", os.path.join(DATA, "coco_test_sample.txt"),
+          "--max_eval_samples", "50", "--num_samples", "8", "--max_new_tokens", "8", "--output_file", metrics_file])  # fmt: skip
+    metrics = json.load(open(metrics_file))
+    assert {"bleu-2", "self-bleu-2", "distinct-1", "nll_per_token"} <= set(metrics)
+    assert abs(metrics["nll_per_token"] - quality["after"]["nll_per_token"]) > 0  # a real, separate evaluation
+
+
+def test_resume_from_checkpoint_through_the_cli(tmp_path):
+    out = str(tmp_path / "run")
+    recipe = RECIPE.replace("cot_tiny", "mle_tiny")
+    main(["train", "mle", "--config", recipe, *small_run_flags(out), "--quality_samples", "0"])
+    main(["train", "mle", "--config", recipe, *small_run_flags(out), "--quality_samples", "0", "--max_steps", "6",
+          "--resume_from_checkpoint", os.path.join(out, "checkpoint-4")])  # fmt: skip
+    state = json.load(open(os.path.join(out, "checkpoint-6", "trainer_state.json")))
+    assert state["global_step"] == 6
+
+
+def test_unknown_algorithm_verb_field_and_bad_yaml(tmp_path):
+    with pytest.raises(SystemExit, match="unknown algorithm 'gan'"):
+        main(["train", "gan", "--config", RECIPE])
+    with pytest.raises(SystemExit, match="unknown command 'fit'"):
+        main(["fit"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: [1\n")
+    with pytest.raises(SystemExit, match="not valid YAML"):
+        main(["train", "cot", "--config", str(bad)])
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("dataset_name: x.txt\nlearning_rte: 0.1\n")
+    with pytest.raises(SystemExit, match="learning_rte"):
+        main(["train", "cot", "--config", str(unknown)])
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "hfcoop.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout
