@@ -1,0 +1,316 @@
+"""Cooperative decoding: sampling from ``q(y) ∝ p_theta(y) · D(y)`` with a generator ``p`` and a discriminator ``D``.
+
+- :func:`sample_and_resample` — sampling-importance-resampling (SIR): ``K`` candidates per prompt from ``p``,
+  resampled ∝ ``D`` (or ∝ ``D / (1 - D)``). As ``K`` grows its output distribution tends to ``q``.
+- :func:`mcts_decode` — Monte-Carlo tree search guided by ``p·D`` (SelfGAN, Scialom et al. 2021; PPL-MCTS,
+  Chaffin et al. 2022): PUCT with the generator's top-k next-token probabilities as priors and the
+  discriminator's score of the partial sequence as value, ``num_simulations`` per token, batched over prompts.
+- :func:`cooperative_generate` — the public text-in/text-out entry point (models or paths in).
+
+GCN (:class:`hfcoop.GCNTrainer`) uses the first two as its ``sampler``; both take any
+:data:`~hfcoop.scorers.ScoreFn`, so a hand-written "perfect discriminator" works as well as a trained one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel
+
+from .data import pad_left, start_token_id
+from .sampling import build_generation_config, sample_completions
+from .scorers import ScoreFn, ScorerInputs, SequenceScorer, load_scorer, max_positions
+
+
+def resample_log_weights(logits: torch.Tensor, weighting: str = "d") -> torch.Tensor:
+    """Log resampling weights from discriminator logits: ``log D`` (``"d"``) or ``log D/(1-D) = logit``
+    (``"ratio"``)."""
+    if weighting not in ("d", "ratio"):
+        raise ValueError(f"weighting must be 'd' or 'ratio', got {weighting!r}.")
+    return F.logsigmoid(logits.float()) if weighting == "d" else logits.float()
+
+
+def resample_indices(
+    log_weights: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """SIR step: for each row of ``(B, K)`` log-weights, ``num_samples`` candidate indices drawn
+    ∝ ``exp(log_weights)`` (with replacement). Returns ``(B, num_samples)``."""
+    if log_weights.dim() != 2:
+        raise ValueError(f"resample_indices needs (prompts, candidates) log-weights, got {tuple(log_weights.shape)}.")
+    if not torch.isfinite(log_weights).any(dim=1).all() or torch.isnan(log_weights).any():
+        raise ValueError("resample_indices: non-finite log-weights (every candidate of a prompt has weight 0 or NaN).")
+    probs = torch.softmax(log_weights.float(), dim=1)
+    return torch.multinomial(probs, num_samples, replacement=True, generator=generator)
+
+
+@torch.no_grad()
+def sample_and_resample(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    generation_config: GenerationConfig,
+    score_fn: ScoreFn,
+    num_candidates: int = 8,
+    num_samples: int = 1,
+    weighting: str = "d",
+) -> dict[str, torch.Tensor]:
+    """Sampling-importance-resampling from ``q ∝ p·D``: ``num_candidates`` samples per prompt from ``model``
+    (already in :func:`~hfcoop.sampling.generation_mode`), ``num_samples`` of them kept per prompt ∝ ``D``.
+
+    Returns ``completion_ids`` / ``completion_mask`` (``B * num_samples`` rows, prompt-major) and the candidates
+    (``candidate_ids``, ``candidate_mask``, ``candidate_logits``: ``B * num_candidates`` rows) and ``indices``.
+    """
+    if num_candidates < 1 or num_samples < 1:
+        raise ValueError("num_candidates and num_samples must be >= 1.")
+    batch = prompt_ids.shape[0]
+    cand_ids, cand_mask = sample_completions(model, prompt_ids, prompt_mask, generation_config, num_candidates)
+    rep_ids = prompt_ids.repeat_interleave(num_candidates, 0)
+    rep_mask = prompt_mask.repeat_interleave(num_candidates, 0)
+    logits = score_fn(rep_ids, rep_mask, cand_ids, cand_mask).float()
+    if logits.shape != (batch * num_candidates,):
+        raise ValueError(f"score_fn returned shape {tuple(logits.shape)}, expected ({batch * num_candidates},).")
+    indices = resample_indices(resample_log_weights(logits, weighting).view(batch, num_candidates), num_samples)
+    rows = (indices + torch.arange(batch, device=indices.device).unsqueeze(1) * num_candidates).view(-1)
+    return {
+        "completion_ids": cand_ids[rows],
+        "completion_mask": cand_mask[rows],
+        "candidate_ids": cand_ids,
+        "candidate_mask": cand_mask,
+        "candidate_logits": logits,
+        "indices": indices,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ MCTS
+@dataclass(eq=False)
+class _Node:
+    tokens: tuple[int, ...]  # the completion so far (prompt excluded)
+    prior: float = 1.0
+    visits: int = 0
+    value_sum: float = 0.0
+    value: float | None = None  # the discriminator's value of this (partial) sequence, once evaluated
+    terminal: bool = False
+    children: dict[int, "_Node"] = field(default_factory=dict)
+
+    @property
+    def expanded(self) -> bool:
+        return self.value is not None
+
+    def q(self) -> float:
+        return self.value_sum / self.visits if self.visits else 0.0
+
+
+def _puct_child(node: _Node, c_puct: float) -> _Node:
+    # PUCT (Silver et al. 2017): Q + c · P · sqrt(N_parent) / (1 + N_child); unvisited children have Q = 0.
+    sqrt_n = math.sqrt(max(node.visits, 1))
+    return max(node.children.values(), key=lambda c: c.q() + c_puct * c.prior * sqrt_n / (1 + c.visits))
+
+
+@torch.no_grad()
+def _next_token_probs(
+    model: nn.Module, prompts: list[list[int]], completions: list[tuple[int, ...]], pad_id: int, temperature: float
+) -> torch.Tensor:
+    """``(N, V)`` next-token distributions after each prompt + partial completion (left-padded batch)."""
+    ids, mask = pad_left([p + list(c) for p, c in zip(prompts, completions)], pad_id)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits[:, -1]
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+@torch.no_grad()
+def mcts_decode(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    score_fn: ScoreFn,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    num_simulations: int = 16,
+    top_k: int = 10,
+    c_puct: float = 1.0,
+    temperature: float = 1.0,
+    visit_temperature: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token MCTS guided by ``p·D``, batched over prompts; returns right-padded ``(ids, mask)``.
+
+    For each new token, ``num_simulations`` simulations run from the current prefix (the root): select children
+    by PUCT down to a leaf, evaluate the leaf in one batched pass over all prompts (the generator's top-``top_k``
+    next-token probabilities at ``temperature``, renormalised, become the children's priors; ``D = sigmoid(
+    score_fn(...))`` of the partial sequence is the value), back the value up the path. The next token is the
+    most visited child (``visit_temperature = 0``; ties to the higher value) or drawn
+    ∝ ``visits^(1/visit_temperature)``; its subtree is kept. A sequence ends at EOS or after ``max_new_tokens``
+    tokens (terminal nodes are valued as complete texts).
+
+    ``model`` must already be in eval mode (see :func:`~hfcoop.sampling.generation_mode`).
+    """
+    if num_simulations < 1 or top_k < 1 or max_new_tokens < 1:
+        raise ValueError("mcts_decode needs num_simulations >= 1, top_k >= 1 and max_new_tokens >= 1.")
+    eos_ids = set(torch.as_tensor(eos_token_id).view(-1).tolist())
+    batch = prompt_ids.shape[0]
+    prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
+    roots = [_Node(tokens=()) for _ in range(batch)]
+    done = [False] * batch
+
+    def is_terminal(tokens: tuple[int, ...]) -> bool:
+        return len(tokens) >= max_new_tokens or (bool(tokens) and tokens[-1] in eos_ids)
+
+    def evaluate(leaves: list[tuple[int, _Node]]) -> None:
+        """Values (and priors for non-terminal leaves) of new leaves, one batched forward of each model."""
+        rows = [b for b, _ in leaves]
+        comp_ids, comp_mask = _right_pad([list(n.tokens) for _, n in leaves], pad_token_id, prompt_ids.device)
+        logits = score_fn(prompt_ids[rows], prompt_mask[rows], comp_ids, comp_mask).float()
+        values = torch.sigmoid(logits).tolist()
+        open_leaves = [(i, n) for i, (_, n) in enumerate(leaves) if not n.terminal]
+        if open_leaves:
+            probs = _next_token_probs(
+                model, [prompts[rows[i]] for i, _ in open_leaves], [n.tokens for _, n in open_leaves], pad_token_id,
+                temperature,
+            )  # fmt: skip
+            top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+            top_p = top_p / top_p.sum(-1, keepdim=True)
+            for (_, node), ps, ts in zip(open_leaves, top_p.tolist(), top_i.tolist()):
+                for p, t in zip(ps, ts):
+                    child_tokens = node.tokens + (t,)
+                    node.children[t] = _Node(tokens=child_tokens, prior=p, terminal=is_terminal(child_tokens))
+        for (_, node), v in zip(leaves, values):
+            node.value = v
+
+    for _ in range(max_new_tokens):
+        active = [b for b in range(batch) if not done[b]]
+        if not active:
+            break
+        for _ in range(num_simulations):
+            paths, new_leaves = {}, []
+            for b in active:
+                node, path = roots[b], [roots[b]]
+                while node.expanded and node.children:
+                    node = _puct_child(node, c_puct)
+                    path.append(node)
+                paths[b] = path
+                if not node.expanded:
+                    new_leaves.append((b, node))
+            if new_leaves:
+                evaluate(new_leaves)
+            for b in active:  # backup (terminal leaves re-use their cached value)
+                leaf_value = paths[b][-1].value
+                for node in paths[b]:
+                    node.visits += 1
+                    node.value_sum += leaf_value
+        for b in active:
+            children = list(roots[b].children.values())
+            visits = torch.tensor([c.visits for c in children], dtype=torch.float64)
+            if visit_temperature > 0:
+                choice = int(torch.multinomial((visits ** (1.0 / visit_temperature)).clamp(min=1e-300), 1))
+            else:  # most visited; ties (few simulations) go to the better value
+                choice = max(range(len(children)), key=lambda i: (children[i].visits, children[i].q()))
+            roots[b] = children[choice]
+            done[b] = roots[b].terminal
+    ids, _ = _right_pad([list(r.tokens) for r in roots], pad_token_id, prompt_ids.device)
+    # Every sequence stops at its first EOS or at max_new_tokens, so its length is its mask.
+    return ids, _length_mask(roots, ids)
+
+
+def _length_mask(roots: list[_Node], ids: torch.Tensor) -> torch.Tensor:
+    lengths = torch.tensor([len(r.tokens) for r in roots], device=ids.device)
+    return (torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)).long()
+
+
+def _right_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(max((len(r) for r in rows), default=0), 1)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+# ------------------------------------------------------------------------------------------------ public API
+@torch.no_grad()
+def cooperative_generate(
+    model: str | PreTrainedModel,
+    discriminator: str | nn.Module | ScoreFn,
+    prompts: list[str] | None = None,
+    *,
+    num_samples: int = 1,
+    tokenizer: Any = None,
+    discriminator_tokenizer: Any = None,
+    method: Literal["resample", "mcts"] = "resample",
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    weighting: str = "d",
+    num_candidates: int = 8,
+    num_simulations: int = 16,
+    mcts_top_k: int = 10,
+    c_puct: float = 1.0,
+    visit_temperature: float = 0.0,
+    batch_size: int = 16,
+) -> list[str]:
+    """Texts decoded cooperatively by a generator and a discriminator (e.g. those a :class:`~hfcoop.GCNTrainer`
+    exported with ``save_companion``).
+
+    Args:
+        model: the generator (causal LM or path/Hub id).
+        discriminator: a one-logit sequence classifier, its path/Hub id, or a :data:`~hfcoop.scorers.ScoreFn`.
+        prompts: conditional prompts; None for ``num_samples`` unconditional texts (started from BOS).
+        method: ``"resample"`` (SIR over ``num_candidates`` samples, ∝ ``D`` or ``D/(1-D)`` per ``weighting``) or
+            ``"mcts"`` (PUCT over the generator's top-``mcts_top_k`` tokens, ``num_simulations`` per token).
+        temperature / top_k / top_p: the generator's sampling distribution (candidates and MCTS priors).
+    Returns:
+        one completion text per prompt (or ``num_samples`` texts).
+    """
+    from .modeling import load_causal_lm, load_tokenizer
+
+    model_id = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
+    tokenizer = load_tokenizer(tokenizer, model_id)
+    generator = load_causal_lm(model)
+    if callable(discriminator) and not isinstance(discriminator, (str, nn.Module)):
+        score_fn: ScoreFn = discriminator
+    else:
+        scorer, scorer_tok = load_scorer(
+            discriminator, generator, tokenizer, name="discriminator", tokenizer=discriminator_tokenizer
+        )
+        if isinstance(discriminator, str):
+            scorer = scorer.to(generator.device)
+        score_fn = SequenceScorer(scorer, ScorerInputs(tokenizer, scorer_tok, max_positions(scorer)))
+    if prompts is None:
+        rows = [[start_token_id(tokenizer)] for _ in range(num_samples)]
+    else:
+        rows = [tokenizer(p)["input_ids"] or [start_token_id(tokenizer)] for p in prompts]
+    config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p)
+    was_training = generator.training
+    generator.eval()
+    texts: list[str] = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            ids, mask = pad_left(rows[start : start + batch_size], tokenizer.pad_token_id)
+            ids, mask = ids.to(generator.device), mask.to(generator.device)
+            if method == "resample":
+                out = sample_and_resample(generator, ids, mask, config, score_fn, num_candidates, 1, weighting)
+                comp_ids, comp_mask = out["completion_ids"], out["completion_mask"]
+            elif method == "mcts":
+                comp_ids, comp_mask = mcts_decode(
+                    generator, ids, mask, score_fn, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, num_simulations=num_simulations, top_k=mcts_top_k,
+                    c_puct=c_puct, temperature=temperature, visit_temperature=visit_temperature,
+                )  # fmt: skip
+            else:
+                raise ValueError(f"method must be 'resample' or 'mcts', got {method!r}.")
+            texts += [
+                tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(comp_ids, comp_mask)
+            ]
+    finally:
+        generator.train(was_training)
+    return texts

@@ -1,0 +1,260 @@
+"""Generative Cooperative Networks (GCN), Lamprier et al., ICML 2022 — the algorithm of the slides:
+
+    repeat
+        1. sample documents from the generator p_theta
+        2. train the discriminator D (real vs generated)
+        3. generate M samples y_i ~ q̂  (a proposal for q ∝ p_theta · D)
+        4. θ ← θ + ε / (Σ_i w_i) Σ_i w_i ∇θ log p_theta(y_i),   w_i = q(y_i) / q̂(y_i)
+
+Each optimizer step does 2 and 4 from one forward: D on the real batch and the step's samples from p_theta,
+the generator on the samples of q̂ with self-normalised weights computed from the same (detached) D scores.
+
+Importance weights per ``sampler`` (q̂), for ``weighting="d"`` (q ∝ p·D) / ``"ratio"`` (q ∝ p·D/(1-D)):
+
+- ``"model"``: q̂ = p_theta, ``num_candidates`` samples per prompt. ``w_i = q/q̂ ∝ D(y_i)`` (resp.
+  ``D(y_i)/(1 - D(y_i))``); the slides' ``q̂ = p`` case, ``w_i = D(y_i) / Σ_j D(y_j)``.
+- ``"resample"``: q̂ = sampling-importance-resampling: ``num_candidates`` samples per prompt from p_theta, one
+  kept ∝ D (resp. D/(1-D)). ``w_i = 1``: the resampling already applied q/p, and q̂ → q as the candidate
+  count grows (its bias is O(1/num_candidates)). In expectation over the resampling this equals ``"model"``
+  on the same candidates, at the cost of one generator forward per prompt instead of ``num_candidates``.
+- ``"mcts"``: q̂ = MCTS guided by p·D (:func:`hfcoop.cooperative_decoding.mcts_decode`). ``w_i = 1``: the
+  search's density is intractable, so its samples are treated as draws from q (the paper's choice of
+  decoding "closer to q").
+
+Self-normalisation runs per prompt for conditional data (``q(y|x)`` has its own normaliser for each ``x``)
+and over the whole micro-batch for unconditional data (every prompt is BOS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..cooperative_decoding import mcts_decode, resample_indices, resample_log_weights
+from ..losses import (
+    GCN_SAMPLERS,
+    GCN_WEIGHTINGS,
+    discriminator_loss,
+    effective_sample_size,
+    gcn_log_weights,
+    importance_weights,
+    token_logprobs,
+    weighted_nll_loss,
+)
+from ..sampling import generation_mode
+from ..scorers import ScorerCompanionMixin, SequenceScorer
+from .base import CooperativeConfig, CooperativeTrainer
+from .cot import pad_columns
+
+GCN_CITATION = """@inproceedings{lamprier2022gcn,
+  title     = {Generative Cooperative Networks for Natural Language Generation},
+  author    = {Lamprier, Sylvain and Scialom, Thomas and Chaffin, Antoine and Claveau, Vincent and Kijak, Ewa and
+               Piwowarski, Benjamin and Staiano, Jacopo},
+  booktitle = {Proceedings of the 39th International Conference on Machine Learning},
+  pages     = {11891--11905},
+  year      = {2022}
+}"""
+
+
+@dataclass
+class GCNConfig(CooperativeConfig):
+    """Configuration of :class:`GCNTrainer` (plus every ``TrainingArguments`` field)."""
+
+    weighting: str = field(
+        default="d",
+        metadata={
+            "help": "Target q ∝ p·D ('d', the slides) or q ∝ p·D/(1-D) ('ratio', = p_data at the optimal D)."
+        },
+    )
+    sampler: str = field(
+        default="model",
+        metadata={
+            "help": "Proposal q̂: 'model' (p_theta, weights ∝ D), 'resample' (K candidates from p_theta resampled "
+            "∝ D, weights 1) or 'mcts' (MCTS guided by p·D, weights 1)."
+        },
+    )
+    num_candidates: int = field(
+        default=4,
+        metadata={"help": "Samples per prompt from p_theta: all weighted ('model') or resampled to one ('resample')."},
+    )
+    mle_weight: float = field(
+        default=0.0,
+        metadata={"help": "λ: generator loss = (1 - λ) GCN + λ teacher-forced MLE on the real batch (0: pure GCN)."},
+    )
+    discriminator_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the discriminator (None: the generator's)."}
+    )
+    num_simulations: int = field(default=8, metadata={"help": "MCTS simulations per generated token ('mcts')."})
+    mcts_top_k: int = field(
+        default=10, metadata={"help": "Children per MCTS node: the generator's top-k tokens, as PUCT priors."}
+    )
+    c_puct: float = field(default=1.0, metadata={"help": "Exploration constant of PUCT ('mcts')."})
+    mcts_visit_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Next token ∝ visits^(1/τ) ('mcts'; 0 = most visited). τ > 0 keeps training samples diverse."
+        },
+    )
+    scorer_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer of the discriminator if it differs from the generator's (texts are re-tokenised). "
+            "None: the discriminator checkpoint's own for a path, else the generator's."
+        },
+    )
+
+    @property
+    def companion_learning_rate(self) -> float | None:
+        return self.discriminator_learning_rate
+
+    def __post_init__(self) -> None:
+        if self.weighting not in GCN_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {GCN_WEIGHTINGS}, got {self.weighting!r}.")
+        if self.sampler not in GCN_SAMPLERS:
+            raise ValueError(f"sampler must be one of {GCN_SAMPLERS}, got {self.sampler!r}.")
+        if not 0.0 <= self.mle_weight <= 1.0:
+            raise ValueError(f"mle_weight must be in [0, 1], got {self.mle_weight}.")
+        if self.num_candidates < 1 or self.num_simulations < 1 or self.mcts_top_k < 1:
+            raise ValueError("num_candidates, num_simulations and mcts_top_k must be >= 1.")
+        super().__post_init__()
+
+
+class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
+    """``GCNTrainer(model, discriminator=None, args=None, train_dataset=None, eval_dataset=None,
+    processing_class=None, peft_config=None, callbacks=None)``.
+
+    ``discriminator``: a single-logit ``AutoModelForSequenceClassification`` or its path/Hub id
+    (``D = sigmoid(logit)``, scoring the completion given the prompt); None builds it from the generator's own
+    weights with a zero head (``D ≡ 1/2`` at the start). It may use another tokenizer (``scorer_tokenizer``).
+    """
+
+    config_class = GCNConfig
+    algorithm = "gcn"
+    algorithm_title = "Generative Cooperative Networks (GCN)"
+    companion_name = "discriminator"
+    scorer_role = "discriminator"
+    paper = (
+        "Generative Cooperative Networks for Natural Language Generation (Lamprier et al., ICML 2022), "
+        "arXiv:2201.12320"
+    )
+    citation = GCN_CITATION
+
+    def __init__(self, model, discriminator=None, args=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+        super().__init__(model, discriminator, args, train_dataset, eval_dataset, processing_class, peft_config,
+                         callbacks, optimizers)  # fmt: skip
+        if self.args.sampler == "model" and self.args.num_candidates < 2 and self.data_format == "prompt_completion":
+            raise ValueError(
+                "GCN with sampler='model' on prompt/completion data self-normalises the weights per prompt, so "
+                "num_candidates=1 would give every sample weight 1 (no discriminator signal): use num_candidates >= 2."
+            )
+
+    # ----------------------------------------------------------------- q̂ samplers (no grad)
+    def _discriminator_scores(self) -> SequenceScorer:
+        return SequenceScorer(self.pair.companion, self.scorer_inputs)
+
+    def sample_proposal(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Samples for D (from p_theta) and for the generator (from q̂).
+
+        Returns ``(neg_ids, neg_mask, train_ids, train_mask, train_rows)``: D's generated batch, q̂'s samples and,
+        for each q̂ sample, its prompt's row. For ``"model"`` both are the same ``num_candidates`` samples per prompt.
+        """
+        args, batch = self.args, prompt_ids.shape[0]
+        if args.sampler == "model":
+            ids, mask = self.sample(prompt_ids, prompt_mask, args.num_candidates)
+            rows = torch.arange(batch, device=ids.device).repeat_interleave(args.num_candidates)
+            return ids, mask, ids, mask, rows
+        rows = torch.arange(batch, device=prompt_ids.device)
+        if args.sampler == "resample":
+            k = args.num_candidates
+            cand_ids, cand_mask = self.sample(prompt_ids, prompt_mask, k)
+            with generation_mode(self.pair.companion, self.accelerator, self.model_wrapped):
+                logits = self._discriminator_scores()(
+                    prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0), cand_ids, cand_mask
+                )
+            log_w = resample_log_weights(logits, args.weighting)
+            picked = resample_indices(log_w.view(batch, k)).squeeze(1)
+            chosen = rows * k + picked
+            first = rows * k  # the first candidate of each prompt: an unbiased p_theta sample for D
+            probs = torch.softmax(log_w.view(batch, k), dim=1)
+            self.log_metric("gcn/resample_ess", (1.0 / probs.pow(2).sum(1) / k).mean())  # Kish ESS / K per prompt
+            return cand_ids[first], cand_mask[first], cand_ids[chosen], cand_mask[chosen], rows
+        neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask)  # D's negatives stay plain p_theta samples
+        pair = self.pair
+        generator_mode = generation_mode(pair.generator, self.accelerator, self.model_wrapped)
+        with generator_mode as g, generation_mode(pair.companion):
+            ids, mask = mcts_decode(
+                g, prompt_ids, prompt_mask, self._discriminator_scores(),
+                max_new_tokens=args.max_completion_length, eos_token_id=self.processing_class.eos_token_id,
+                pad_token_id=self.processing_class.pad_token_id, num_simulations=args.num_simulations,
+                top_k=args.mcts_top_k, c_puct=args.c_puct, temperature=args.temperature,
+                visit_temperature=args.mcts_visit_temperature,
+            )  # fmt: skip
+        self.log_metric("gcn/mcts_completion_length", mask.sum(1).float().mean())
+        return neg_ids, neg_mask, ids, mask, rows
+
+    # ----------------------------------------------------------------- one step
+    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        args = self.args
+        prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
+        batch = real_ids.shape[0]
+        neg_ids, neg_mask, train_ids, train_mask, train_rows = self.sample_proposal(prompt_ids, prompt_mask)
+        n_train = train_ids.shape[0]
+        neg_rows = train_rows if args.sampler == "model" else torch.arange(batch, device=neg_ids.device)
+
+        # D: real vs generated (step 2). Generator: q̂ samples (step 4) and, with λ > 0, the real batch (MLE).
+        pad_id = self.processing_class.pad_token_id
+        width = max(real_ids.shape[1], neg_ids.shape[1], train_ids.shape[1])
+        real_ids, real_mask = pad_columns(real_ids, real_mask, width, pad_id)
+        neg_ids, neg_mask = pad_columns(neg_ids, neg_mask, width, pad_id)
+        train_ids, train_mask = pad_columns(train_ids, train_mask, width, pad_id)
+        d_rows = torch.cat([torch.arange(batch, device=neg_rows.device), neg_rows])
+        d_part = self.companion_inputs(
+            prompt_ids[d_rows], prompt_mask[d_rows], torch.cat([real_ids, neg_ids]), torch.cat([real_mask, neg_mask])
+        )
+        g_ids, g_mask, g_rows = train_ids, train_mask, train_rows
+        if args.mle_weight > 0:
+            g_ids, g_mask = torch.cat([train_ids, real_ids]), torch.cat([train_mask, real_mask])
+            g_rows = torch.cat([train_rows, torch.arange(batch, device=train_rows.device)])
+        g_part = self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask)
+        gen_logits, d_logits = model(generator=g_part, companion=d_part)
+        d_logits = d_logits.squeeze(-1).float()
+        if not torch.isfinite(d_logits).all():
+            raise FloatingPointError(
+                "GCN: the discriminator produced non-finite logits; lower discriminator_learning_rate."
+            )
+        d_real, d_gen = d_logits[:batch], d_logits[batch:]
+        loss_d = discriminator_loss(d_real, d_gen)
+
+        # Weighted MLE on q̂'s samples with self-normalised w = q/q̂ (see the module docstring).
+        d_train = d_gen.detach() if args.sampler == "model" else torch.zeros(n_train, device=d_gen.device)
+        log_w = gcn_log_weights(d_train, args.weighting, args.sampler)
+        groups = torch.zeros_like(train_rows) if self.data_format == "text" else train_rows
+        weights = importance_weights(log_w, groups=groups)
+        logprobs = token_logprobs(gen_logits, g_ids) * g_mask
+        loss_gcn = weighted_nll_loss(logprobs[:n_train].sum(-1), weights)
+        loss_g = (1 - args.mle_weight) * loss_gcn
+        if args.mle_weight > 0:
+            loss_mle = -logprobs[n_train:].sum(-1).mean()
+            self.log_metric("gcn/mle_nll", loss_mle.detach())
+            loss_g = loss_g + args.mle_weight * loss_mle
+
+        with torch.no_grad():
+            d_prob = torch.sigmoid(d_logits)
+            raw = torch.exp(log_w)
+            self.log_metric("gcn/discriminator_loss", loss_d.detach())
+            self.log_metric("gcn/d_accuracy", 0.5 * ((d_real > 0).float().mean() + (d_gen < 0).float().mean()))
+            self.log_metric("gcn/d_real", d_prob[:batch].mean())
+            self.log_metric("gcn/d_generated", d_prob[batch:].mean())
+            self.log_metric("gcn/generator_loss", loss_gcn.detach())
+            self.log_metric("gcn/weight_mean", raw.mean())
+            self.log_metric("gcn/weight_max", raw.max())
+            self.log_metric("gcn/ess", effective_sample_size(weights))
+        # D's loss is per sequence; base divides by the completion budget (token sums -> per token).
+        return loss_g + args.max_completion_length * loss_d
+

@@ -1,0 +1,454 @@
+"""GENERE — Generative Regularization with black-box data generators (Bouchard et al., EMNLP 2016), Algorithm 2.
+
+    for t = 1, 2, ...
+        if 1/(1+λ) > U[0,1]:  (x, y) ~ P̂                               (a real row)
+        else:                 Δ ~ N(0, σ²I);  (x, y) ~ G_{γ+Δ}           (a generated row)
+                              γ <- γ + η_γ (log pθ(y|x) - µ) Δ/σ²        (sign: see below)
+        θ <- θ + ηθ ∇θ log pθ(y|x)                                        (MLE on the mixture)
+        µ <- α µ + (1-α) log pθ(y|x)
+
+The black box G_z (Sec. 3.1) is a mixture of K user-supplied base generators: a generated row comes from
+generator ``k ~ Categorical(softmax(γ + Δ))``, each generator being any callable ``rng -> row``.
+
+**The sign of the γ update.** Algorithm 2 prints ``γ <- γ - η_γ (log pθ - µ) Δ`` (and Algorithm 1 even
+*subtracts* ``∇θ log pθ`` from θ), but the stated intent (Sec. 3.2: "the algorithm correctly identifies the correct
+data distribution"; Sec. 3.5: generators whose samples the model trained on real data finds unlikely "are not very
+relevant") is that γ moves toward generators whose samples the current model finds *more* likely. The derivation
+agrees: GENERE minimises ``L(θ, γ) = -(1+λ) E_{P̃γ}[log pθ(y|x)] + ...`` (Eq. 3) over γ, and with the seed
+``z = γ + Δ ~ N(γ, σ²I)`` of Eq. (4),
+
+    ∇γ E_{Δ, (x,y)~G_{γ+Δ}}[log pθ(y|x)] = E[log pθ(y|x) ∇γ log N(z; γ, σ²I)] = E[(log pθ(y|x) - µ) Δ/σ²]
+
+(the baseline µ does not depend on Δ, and E[Δ] = 0, so subtracting it changes only the variance). Descending
+``L`` in γ is therefore ``γ <- γ + η_γ (log pθ(y|x) - µ) Δ/σ²``: a row that scores above the baseline pulls γ toward
+the perturbation Δ that produced it, i.e. toward its generator (E[Δ_k | generator k was drawn] > 0). With the
+paper's σ = 1 this is its line 8 with the minus sign flipped. (The entropy term of Eq. 3 is not part of
+Algorithm 2 and is left out, as there.)
+
+**Implementation choices** (all faithful to Algorithm 2 in expectation):
+
+- *Mixing*: each row of a micro-batch is independently real with probability 1/(1+λ) (Algorithm 2, line 3) or
+  replaced by a generated row; every generated row draws its own Δ and its own generator. Generated rows are
+  tokenised with :func:`hfcoop.data.tokenize_row` and collated with the real ones exactly like dataset rows.
+  λ = ∞ gives generated data only (the left end of Fig. 1); λ = 0 never calls a generator and is exactly MLE.
+- *θ*: ``mle_loss`` on the mixed micro-batch (the very computation of :class:`~hfcoop.MLETrainer`).
+- *γ*: once per optimizer step, by the mean over the step's generated rows (all micro-batches of a gradient
+  accumulation window, all processes) of ``(log pθ(y|x) - µ) Δ/σ²``; ``log pθ(y|x)`` is the detached sum over the
+  completion tokens, computed by the forward pass that also trains θ (so θ and γ see the same parameters, as in
+  lines 8 and 10). A mean keeps η_γ's meaning independent of batch size and λ.
+- *µ*: once per optimizer step, ``µ <- α µ + (1-α) mean log pθ(y|x)`` over the step's rows, real and generated
+  (line 11; µ tracks the log-likelihood under the mixture P̃γ). The γ update of a step uses µ from before the
+  step; the first active step initialises µ to its own mean instead of an arbitrary constant.
+- *π*: the learned proportions ``π_k = E_Δ[softmax_k(γ + Δ)]`` (Sec. 3.1) are estimated by Monte Carlo with
+  ``proportion_samples`` fixed draws (common random numbers, seed 0): deterministic in γ, standard error <= 0.008
+  for the default 4096 draws. Exposed as :attr:`GenereTrainer.mixture_proportions`, logged every optimizer step as
+  ``genere/pi_<k>``, and written as ``genere_mixture.json`` next to every exported generator and checkpoint.
+- *State*: γ and µ (float64) are plain tensors on the trainer, not optimizer parameters; checkpoints hold them in
+  ``genere_state.safetensors`` and the mixing RNG (a ``random.Random`` seeded from ``args.seed``, which also
+  feeds the generators) in ``genere_rng.json``, so a resumed run continues bit-identically. No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..data import detect_format, tokenize_row, validate_dataset
+from ..losses import (
+    genere_baseline_update,
+    genere_gamma_scores,
+    genere_gamma_update,
+    genere_mixture_proportions,
+    genere_sampling_probs,
+    mle_loss,
+    token_logprobs,
+)
+from .base import CooperativeConfig, CooperativeTrainer
+
+GENERE_CITATION = """@inproceedings{bouchard2016genere,
+  title     = {Learning to Generate Textual Data},
+  author    = {Bouchard, Guillaume and Stenetorp, Pontus and Riedel, Sebastian},
+  booktitle = {Proceedings of the 2016 Conference on Empirical Methods in Natural Language Processing},
+  pages     = {1608--1616},
+  year      = {2016}
+}"""
+
+STATE_FILE = "genere_state.safetensors"
+RNG_FILE = "genere_rng.json"
+MIXTURE_FILE = "genere_mixture.json"
+
+
+@dataclass
+class GenereConfig(CooperativeConfig):
+    """Configuration of :class:`GenereTrainer` (plus every ``TrainingArguments`` field)."""
+
+    generative_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "λ: rows are real with probability 1/(1+λ) and generated with probability λ/(1+λ) "
+            "(0: plain MLE; inf: generated rows only)."
+        },
+    )
+    generator_learning_rate: float = field(
+        default=0.02,
+        metadata={"help": "η_γ: step size of the REINFORCE update of the mixture logits γ (once per optimizer step)."},
+    )
+    baseline_smoothing: float = field(
+        default=0.98,
+        metadata={"help": "α: µ <- α µ + (1-α) mean log pθ(y|x), once per optimizer step (the paper uses 0.98)."},
+    )
+    perturbation_std: float = field(
+        default=1.0,
+        metadata={"help": "σ: std of the Gaussian perturbation Δ ~ N(0, σ²I) of γ (the paper uses N(0, I))."},
+    )
+    initial_mixture_logits: list[float] | None = field(
+        default=None, metadata={"help": "Initial γ, one float per generator (None: zeros, the uniform mixture)."}
+    )
+    mixture_shrinkage: float = field(
+        default=1.0,
+        metadata={
+            "help": "γ <- shrinkage·γ after each update, pulling toward the uniform mixture (the paper's "
+            "'shrinkage parameter', 0.99 in Sec. 3.2; 1.0: off)."
+        },
+    )
+    mle_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps of plain MLE on the real data before generated rows and γ updates start "
+            "(Sec. 3.2 initialises the model with 200 such iterations)."
+        },
+    )
+    proportion_samples: int = field(
+        default=4096,
+        metadata={"help": "Monte Carlo draws of Δ for the learned proportions π_k = E[softmax_k(γ+Δ)]."},
+    )
+
+    def __post_init__(self) -> None:
+        if not (self.generative_weight >= 0):  # also rejects NaN
+            raise ValueError(f"generative_weight (λ) must be >= 0 (or inf), got {self.generative_weight}.")
+        if not 0.0 <= self.baseline_smoothing < 1.0:
+            raise ValueError(f"baseline_smoothing (α) must be in [0, 1), got {self.baseline_smoothing}.")
+        if not self.perturbation_std > 0:
+            raise ValueError(f"perturbation_std (σ) must be > 0, got {self.perturbation_std}.")
+        if not self.generator_learning_rate >= 0:
+            raise ValueError(f"generator_learning_rate (η_γ) must be >= 0, got {self.generator_learning_rate}.")
+        if not 0.0 < self.mixture_shrinkage <= 1.0:
+            raise ValueError(f"mixture_shrinkage must be in (0, 1], got {self.mixture_shrinkage}.")
+        if self.mle_warmup_steps < 0 or self.proportion_samples < 1:
+            raise ValueError("mle_warmup_steps must be >= 0 and proportion_samples >= 1.")
+        super().__post_init__()
+
+
+def generator_name(generator: Callable) -> str:
+    return getattr(generator, "__name__", None) or type(generator).__name__
+
+
+_REQUIRED_KEYS = {"text": ("text",), "prompt_completion": ("prompt", "completion")}
+
+
+class GenereTrainer(CooperativeTrainer):
+    """``GenereTrainer(model, generators, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+    peft_config=None, callbacks=None)``.
+
+    ``generators`` is a list of K black-box callables ``generator(rng: random.Random) -> row``, where ``row`` is a
+    dict in the dataset's format (``{"text": str}`` or ``{"prompt": str, "completion": str}``; extra keys are
+    ignored). A generator must draw all its randomness from ``rng`` for runs and resumes to be reproducible. Each
+    generator is called once at construction to validate it, before any model is loaded.
+    """
+
+    config_class = GenereConfig
+    algorithm = "genere"
+    algorithm_title = "Generative Regularization (GENERE, black-box variant)"
+    companion_name = "mixture"
+    paper = "Learning to Generate Textual Data (Bouchard, Stenetorp and Riedel, EMNLP 2016), Algorithm 2"
+    citation = GENERE_CITATION
+
+    def __init__(self, model, generators, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+        if args is None:
+            args = GenereConfig(output_dir=f"hfcoop-{self.algorithm}")
+        elif not isinstance(args, GenereConfig):
+            raise TypeError(f"{type(self).__name__} needs a GenereConfig, got {type(args).__name__}.")
+        # Cheap checks before anything is loaded: the data format, then every generator against it.
+        fmt = validate_dataset(train_dataset, "train_dataset") or validate_dataset(eval_dataset, "eval_dataset")
+        self.generators, self.generator_format = self._check_generators(generators, fmt, args.seed)
+        self.generator_names = [generator_name(g) for g in self.generators]
+        k = len(self.generators)
+        if args.initial_mixture_logits is None:
+            self._gamma = torch.zeros(k, dtype=torch.float64)
+        elif len(args.initial_mixture_logits) != k:
+            raise ValueError(f"initial_mixture_logits has {len(args.initial_mixture_logits)} values for {k} generators.")
+        else:
+            self._gamma = torch.tensor(args.initial_mixture_logits, dtype=torch.float64)
+        self._baseline = torch.zeros((), dtype=torch.float64)
+        self._baseline_initialized = False
+        # One stream for the mixing coin flips, Δ, the generator choice and the generators themselves.
+        self._rng = random.Random(self._rng_seed(args.seed, args.process_index))
+        self._reset_step_stats()
+        super().__init__(model, None, args, train_dataset, eval_dataset, processing_class, peft_config, callbacks,
+                         optimizers)  # fmt: skip
+
+    # ----------------------------------------------------------------- generators
+    @staticmethod
+    def _rng_seed(seed: int, process_index: int) -> str:
+        return f"hfcoop-genere-{seed}-{process_index}"  # str seeds are hashed deterministically (sha512)
+
+    @staticmethod
+    def _check_row(index: int, generator: Callable, row: Any, fmt: str | None) -> str:
+        """The row's format; a ValueError naming the generator if the row is malformed."""
+        who = f"generators[{index}] ({generator_name(generator)})"
+        if not isinstance(row, Mapping):
+            raise ValueError(
+                f"{who} returned a {type(row).__name__}, but a generator must return one row as a dict: "
+                "{'prompt': str, 'completion': str} or {'text': str}."
+            )
+        if fmt is None:
+            try:
+                fmt = detect_format(list(row.keys()), f"The row of {who}")
+            except ValueError as err:
+                raise ValueError(str(err)) from None
+        required = _REQUIRED_KEYS[fmt]
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise ValueError(
+                f"{who} returned a row with keys {sorted(map(str, row.keys()))}, missing {missing}: the data is in "
+                f"'{fmt}' format, so every generated row needs {list(required)} (strings)."
+            )
+        for key in required:
+            if not isinstance(row[key], str):
+                raise ValueError(f"{who} returned a non-string '{key}' ({type(row[key]).__name__}): {row[key]!r:.80}")
+        return fmt
+
+    @classmethod
+    def _check_generators(cls, generators: Any, fmt: str | None, seed: int) -> tuple[list[Callable], str]:
+        """Calls every generator once (with a throwaway RNG) so that a broken one fails before any training."""
+        if callable(generators) or isinstance(generators, (str, bytes, Mapping)):
+            raise TypeError("`generators` must be a list of callables `rng -> row`; wrap a single one in a list.")
+        generators = list(generators)
+        if not generators:
+            raise ValueError("GENERE needs at least one generator.")
+        for index, generator in enumerate(generators):
+            if not callable(generator):
+                raise TypeError(f"generators[{index}] is a {type(generator).__name__}, not a callable `rng -> row`.")
+            row = cls._call(index, generator, random.Random(seed))
+            fmt = cls._check_row(index, generator, row, fmt)
+        return generators, fmt
+
+    @staticmethod
+    def _call(index: int, generator: Callable, rng: random.Random) -> Any:
+        try:
+            return generator(rng)
+        except Exception as err:
+            raise RuntimeError(
+                f"generators[{index}] ({generator_name(generator)}) raised {type(err).__name__}: {err}"
+            ) from err
+
+    def _generate_row(self, index: int) -> dict[str, list[int]]:
+        generator = self.generators[index]
+        row = self._call(index, generator, self._rng)
+        self._check_row(index, generator, row, self.generator_format)
+        args = self.args
+        return tokenize_row(row, self.processing_class, self.generator_format, args.max_prompt_length,
+                            args.max_completion_length)  # fmt: skip
+
+    # ----------------------------------------------------------------- public state
+    @property
+    def mixture_logits(self) -> list[float]:
+        """γ, the learned mixture logits (one per generator)."""
+        return self._gamma.tolist()
+
+    @property
+    def baseline(self) -> float | None:
+        """µ, the running mean log-likelihood (None before the first generated row)."""
+        return float(self._baseline) if self._baseline_initialized else None
+
+    @property
+    def mixture_proportions(self) -> list[float]:
+        """π_k = E_{Δ~N(0,σ²I)}[softmax_k(γ + Δ)] (Sec. 3.1), Monte Carlo with ``proportion_samples`` fixed draws."""
+        pi = genere_mixture_proportions(self._gamma, self.args.perturbation_std, self.args.proportion_samples)
+        return pi.tolist()
+
+    # ----------------------------------------------------------------- Algorithm 2
+    def _reset_step_stats(self) -> None:
+        self._step_logprobs: list[torch.Tensor] = []  # every row's log pθ(y|x) in this optimizer step
+        self._step_generated: list[tuple[torch.Tensor, torch.Tensor]] = []  # (log pθ, Δ) of generated rows
+
+    def _mixing_active(self) -> bool:
+        return self.args.generative_weight > 0 and self.state.global_step >= self.args.mle_warmup_steps
+
+    def _mix(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[int], torch.Tensor]:
+        """Algorithm 2, lines 3-7 for every row: keep it (real) or replace it by a row from G_{γ+Δ}."""
+        rng, k = self._rng, len(self.generators)
+        p_real = 1.0 / (1.0 + self.args.generative_weight)
+        sigma = self.args.perturbation_std
+        prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        comp_ids, comp_mask = inputs["completion_input_ids"], inputs["completion_mask"]
+        rows: list[dict[str, list[int]] | None] = []
+        generated, deltas = [], []
+        for i in range(prompt_ids.shape[0]):
+            if rng.random() < p_real:
+                rows.append(None)
+                continue
+            delta = torch.tensor([rng.gauss(0.0, sigma) for _ in range(k)], dtype=torch.float64)
+            probs = genere_sampling_probs(self._gamma, delta).tolist()
+            u, choice, cumulative = rng.random(), k - 1, 0.0
+            for j, p in enumerate(probs):
+                cumulative += p
+                if u < cumulative:
+                    choice = j
+                    break
+            rows.append(self._generate_row(choice))
+            generated.append(i)
+            deltas.append(delta)
+        self.log_metric("genere/generated_fraction", len(generated) / max(len(rows), 1))
+        if not generated:
+            return inputs, [], torch.zeros(0, k, dtype=torch.float64)
+        for i, row in enumerate(rows):  # real rows, un-padded: the collator pads them back identically
+            if row is None:
+                rows[i] = {
+                    "prompt_input_ids": prompt_ids[i][prompt_mask[i].bool()].tolist(),
+                    "completion_input_ids": comp_ids[i][comp_mask[i].bool()].tolist(),
+                }
+        batch = self.data_collator(rows)
+        return {name: t.to(prompt_ids.device) for name, t in batch.items()}, generated, torch.stack(deltas)
+
+    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        active = self._mixing_active()
+        if active:
+            inputs, generated, deltas = self._mix(inputs)
+        ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
+        logits, _ = model(generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask))
+        logprobs = token_logprobs(logits, ids)
+        self.log_metric("genere/nll_per_token", -(logprobs * mask).sum() / mask.sum().clamp(min=1))
+        loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
+        if active:
+            row_logprobs = (logprobs.detach() * mask).sum(-1).to("cpu", torch.float64)
+            self._step_logprobs.append(row_logprobs)
+            if generated:
+                self._step_generated.append((row_logprobs[generated], deltas))
+        if self.accelerator.sync_gradients:  # last micro-batch of this optimizer step
+            self._end_of_step(active)
+        return loss
+
+    def _end_of_step(self, active: bool) -> None:
+        """Lines 8 and 11, once per optimizer step, over every micro-batch and process of the step."""
+        if active and self._step_logprobs:
+            logprobs = torch.cat(self._step_logprobs)
+            k = len(self.generators)
+            if self._step_generated:
+                gen_logprobs = torch.cat([lp for lp, _ in self._step_generated])
+                gen_deltas = torch.cat([d for _, d in self._step_generated])
+            else:
+                gen_logprobs, gen_deltas = torch.zeros(0, dtype=torch.float64), torch.zeros(0, k, dtype=torch.float64)
+            # µ is needed before the scores; the first active step uses its own mean (all processes).
+            totals = self._reduce_sum(torch.stack([logprobs.sum(), torch.tensor(float(len(logprobs)))]))
+            step_mean = totals[0] / totals[1]
+            if not self._baseline_initialized:
+                self._baseline, self._baseline_initialized = step_mean.clone(), True
+            scores = genere_gamma_scores(gen_logprobs, self._baseline, gen_deltas, self.args.perturbation_std)
+            stats = self._reduce_sum(
+                torch.cat([scores.sum(0), torch.stack([torch.tensor(float(len(gen_logprobs))), gen_logprobs.sum()])])
+            )
+            score_sum, count, gen_sum = stats[:k], float(stats[k]), stats[k + 1]
+            self._gamma = genere_gamma_update(self._gamma, score_sum, count, self.args.generator_learning_rate,
+                                              self.args.mixture_shrinkage)  # fmt: skip
+            self._baseline = genere_baseline_update(self._baseline, step_mean, self.args.baseline_smoothing)
+            self.log_metric("genere/baseline", float(self._baseline))
+            self.log_metric("genere/logprob", float(step_mean))
+            if count:  # identical on every process after the reduction, so metric names stay in sync
+                self.log_metric("genere/logprob_generated", float(gen_sum) / count)
+        self._reset_step_stats()
+        for k, pi in enumerate(self.mixture_proportions):
+            self.log_metric(f"genere/pi_{k}", pi)
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return tensor
+        reduced = self.accelerator.reduce(tensor.to(self.args.device), reduction="sum")
+        return reduced.to("cpu", torch.float64)
+
+    # ----------------------------------------------------------------- saving and resuming
+    def mixture_summary(self) -> dict[str, Any]:
+        """What ``genere_mixture.json`` holds: generators, learned π, γ, µ and the settings that define them."""
+        return {
+            "generators": self.generator_names,
+            "mixture_proportions": self.mixture_proportions,
+            "mixture_logits": self.mixture_logits,
+            "baseline": self.baseline,
+            "generative_weight": self.args.generative_weight,
+            "perturbation_std": self.args.perturbation_std,
+            "proportion_estimator": f"Monte Carlo mean of softmax(gamma + delta) over {self.args.proportion_samples} "
+            "fixed draws of delta ~ N(0, sigma^2 I) (torch.Generator seed 0)",
+            "global_step": self.state.global_step,
+        }
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            with open(os.path.join(output_dir or self.args.output_dir, MIXTURE_FILE), "w") as f:
+                json.dump(self.mixture_summary(), f, indent=2)
+
+    @staticmethod
+    def _rng_file(process_index: int) -> str:
+        return RNG_FILE if process_index == 0 else f"genere_rng_process_{process_index}.json"
+
+    def _write_rng(self, output_dir: str) -> None:
+        version, internal, gauss_next = self._rng.getstate()
+        with open(os.path.join(output_dir, self._rng_file(self.args.process_index)), "w") as f:
+            json.dump({"version": version, "internal": list(internal), "gauss_next": gauss_next}, f)
+
+    def save_extra_state(self, output_dir: str) -> None:
+        tensors = {
+            "mixture_logits": self._gamma.clone(),
+            "baseline": self._baseline.reshape(1).clone(),
+            "baseline_initialized": torch.tensor([int(self._baseline_initialized)], dtype=torch.int64),
+        }
+        save_file(tensors, os.path.join(output_dir, STATE_FILE), metadata={"generators": json.dumps(self.generator_names)})
+        self._write_rng(output_dir)  # the main process's stream; other processes write theirs in _save_rng_state
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self.args.process_index > 0:
+            os.makedirs(output_dir, exist_ok=True)
+            self._write_rng(output_dir)
+
+    def load_extra_state(self, checkpoint_dir: str) -> None:
+        path = os.path.join(checkpoint_dir, STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{checkpoint_dir} has no {STATE_FILE}: it is not a GENERE checkpoint.")
+        state = load_file(path)
+        gamma = state["mixture_logits"].to(torch.float64)
+        if gamma.numel() != len(self.generators):
+            raise ValueError(
+                f"The checkpoint's mixture has {gamma.numel()} generators but this trainer was given "
+                f"{len(self.generators)}: resume with the same generators, in the same order."
+            )
+        self._gamma = gamma
+        self._baseline = state["baseline"].to(torch.float64).reshape(())
+        self._baseline_initialized = bool(state["baseline_initialized"].item())
+        rng_path = os.path.join(checkpoint_dir, self._rng_file(self.args.process_index))
+        if os.path.isfile(rng_path):
+            with open(rng_path) as f:
+                saved = json.load(f)
+            self._rng.setstate((saved["version"], tuple(saved["internal"]), saved["gauss_next"]))
+        else:  # e.g. resuming on more processes than were saved: a fresh, still deterministic stream
+            self._rng = random.Random(
+                f"{self._rng_seed(self.args.seed, self.args.process_index)}-{os.path.basename(checkpoint_dir)}"
+            )
+        self._reset_step_stats()
+
+    def card_hyperparameters(self) -> dict[str, Any]:
+        pi = self.mixture_proportions
+        learned = ", ".join(f"{n}: {p:.3f}" for n, p in zip(self.generator_names, pi))
+        return {**super().card_hyperparameters(), "generators (learned proportions π)": learned}
+
+
+__all__ = ["GenereConfig", "GenereTrainer", "GENERE_CITATION"]

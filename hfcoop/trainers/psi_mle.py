@@ -1,0 +1,206 @@
+"""ψ-MLE, AISTATS 2020 — Algorithm 1 (Progressive Bias Correction).
+
+    repeat
+        sample {x} ~ p_theta; sample {y} ~ p̂_data; mix them with weight m into {z} ~ p_mix   (lines 3-5, Eq. 5)
+        update the density-ratio estimator r_ψ with the Bregman objective           (lines 6-9, Eq. 11, Table 4)
+        update p_theta by MLE on {z} weighted by r_ψ(z), self-normalised, flattened  (lines 10-13, Eq. 7, 18, 19)
+
+Each optimizer step does both updates from one forward: r_ψ (a one-logit sequence scorer, ``log r = logit``) on
+the real batch and an equal batch of fresh samples, the generator on the same sequences. The mixture is taken
+in expectation rather than by drawing: real rows count ``m``, generated rows ``1 - m`` (same expectation as
+line 5's random mix, lower variance, deterministic).
+
+Which ratio r_ψ learns (``ratio_target``): Table 4 / Eq. 11 contrast ``p_data`` with ``p_mix`` (default,
+``r = p_data / p_mix``, exactly the importance weight that Eq. 8 needs for mixture samples); Algorithm 1 line 8
+contrasts ``p_data`` with ``p_theta`` (``r = p_data / p_theta``). With ``"model"`` the generator's weights are
+converted with the exact identity ``p_data / p_mix = r / (m r + 1 - m)`` so both targets train the generator
+toward ``E_{p_data}[log p_theta]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+from torch import nn
+
+from ..losses import (
+    BREGMAN_FUNCTIONS,
+    density_ratio_loss,
+    effective_sample_size,
+    importance_weights,
+    mixture_to_data_log_ratio,
+    token_logprobs,
+    weighted_nll_loss,
+)
+from ..scorers import ScorerCompanionMixin
+from .base import CooperativeConfig, CooperativeTrainer
+from .cot import pad_columns
+
+PSI_MLE_CITATION = """@inproceedings{song2020psimle,
+  title     = {Improving Maximum Likelihood Training for Text Generation with Density Ratio Estimation},
+  author    = {Song, Yuxuan and Miao, Ning and Zhou, Hao and Yu, Lantao and Wang, Mingxuan and Li, Lei},
+  booktitle = {Proceedings of the 23rd International Conference on Artificial Intelligence and Statistics},
+  year      = {2020}
+}"""
+
+RATIO_TARGETS = ("mixture", "model")
+
+
+@dataclass
+class PsiMLEConfig(CooperativeConfig):
+    """Configuration of :class:`PsiMLETrainer` (plus every ``TrainingArguments`` field)."""
+
+    mixture_weight: float = field(
+        default=0.5,
+        metadata={"help": "m of Eq. 5: share of real data in p_mix = m p_data + (1 - m) p_theta (paper: 1/2)."},
+    )
+    bregman_f: str = field(
+        default="logistic",
+        metadata={
+            "help": "f of the Bregman objective (Table 4): 'logistic' = t log t - (1+t) log(1+t) (paper default), "
+            "'squared' = (t-1)^2/2, 'softplus' = ln(1+e^t)."
+        },
+    )
+    ratio_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the ratio estimator r_ψ (None: the generator's)."}
+    )
+    ratio_target: str = field(
+        default="mixture",
+        metadata={
+            "help": "Ratio learnt by r_ψ: 'mixture' = p_data/p_mix (Eq. 11, Table 4) or 'model' = p_data/p_theta "
+            "(Algorithm 1, line 8; converted to p_data/p_mix for the generator's weights)."
+        },
+    )
+    self_normalize: bool = field(
+        default=True, metadata={"help": "Self-normalise the importance weights over the micro-batch (Eq. 18)."}
+    )
+    flatten_alpha: float = field(
+        default=1.0,
+        metadata={"help": "α of Eq. 19: weights r^α (0 = uniform, i.e. plain MLE on the mixture; 1 = plain ratios)."},
+    )
+    scorer_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer of the ratio model if it differs from the generator's (texts are re-tokenised). "
+            "None: the ratio model checkpoint's own for a path, else the generator's."
+        },
+    )
+
+    @property
+    def companion_learning_rate(self) -> float | None:
+        return self.ratio_learning_rate
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mixture_weight <= 1.0:
+            raise ValueError(f"mixture_weight must be in [0, 1], got {self.mixture_weight}.")
+        if self.bregman_f not in BREGMAN_FUNCTIONS:
+            raise ValueError(f"bregman_f must be one of {BREGMAN_FUNCTIONS}, got {self.bregman_f!r}.")
+        if self.ratio_target not in RATIO_TARGETS:
+            raise ValueError(f"ratio_target must be one of {RATIO_TARGETS}, got {self.ratio_target!r}.")
+        if self.flatten_alpha < 0:
+            raise ValueError(f"flatten_alpha must be >= 0, got {self.flatten_alpha}.")
+        super().__post_init__()
+
+
+def psi_mle_ratio_loss(
+    log_ratio_real: torch.Tensor, log_ratio_generated: torch.Tensor, bregman: str, target: str, mixture_weight: float
+) -> torch.Tensor:
+    """Eq. 11 / Table 4 with ``p_num = p_data`` and ``p_den = p_mix`` (``target="mixture"``: the mixture expectation
+    is ``m·mean(real) + (1-m)·mean(generated)``) or ``p_den = p_theta`` (``"model"``, Algorithm 1 line 8)."""
+    if target == "model":
+        return density_ratio_loss(log_ratio_real, log_ratio_generated, bregman)
+    n_real, n_gen = log_ratio_real.shape[0], log_ratio_generated.shape[0]
+    m = float(mixture_weight)
+    den_weights = torch.cat(
+        [log_ratio_real.new_full((n_real,), m / n_real), log_ratio_real.new_full((n_gen,), (1 - m) / n_gen)]
+    ).float()
+    den = torch.cat([log_ratio_real, log_ratio_generated])
+    return density_ratio_loss(log_ratio_real, den, bregman, None, den_weights)
+
+
+def check_finite_log_ratios(log_ratio: torch.Tensor, what: str = "ratio model") -> None:
+    if not torch.isfinite(log_ratio).all():
+        bad = int((~torch.isfinite(log_ratio)).sum())
+        raise FloatingPointError(
+            f"ψ-MLE: the {what} produced {bad} non-finite log-ratios (NaN/inf logits). The estimator diverged: "
+            "lower ratio_learning_rate, keep max_grad_norm, or use bregman_f='logistic' (the paper's stable choice; "
+            "'squared' is known to be unstable, Sec. 5.4.2)."
+        )
+
+
+class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
+    """``PsiMLETrainer(model, ratio_model=None, args=None, train_dataset=None, eval_dataset=None,
+    processing_class=None, peft_config=None, callbacks=None)``.
+
+    ``ratio_model``: a single-logit ``AutoModelForSequenceClassification`` or its path/Hub id (its logit is
+    ``log r_ψ``); None builds it from the generator's own weights with a zero head (``r ≡ 1`` at the start, so
+    training starts as plain MLE on the mixture). It may use another tokenizer (``scorer_tokenizer``).
+    """
+
+    config_class = PsiMLEConfig
+    algorithm = "psi_mle"
+    algorithm_title = "ψ-MLE (MLE with density-ratio bias correction)"
+    companion_name = "ratio_model"
+    scorer_role = "ratio model"
+    paper = (
+        "Improving Maximum Likelihood Training for Text Generation with Density Ratio Estimation "
+        "(Song et al., AISTATS 2020), arXiv:2007.06018"
+    )
+    citation = PSI_MLE_CITATION
+
+    def __init__(self, model, ratio_model=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+        super().__init__(model, ratio_model, args, train_dataset, eval_dataset, processing_class, peft_config,
+                         callbacks, optimizers)  # fmt: skip
+
+    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        args = self.args
+        m = args.mixture_weight
+        prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
+        gen_ids, gen_mask = self.sample(prompt_ids, prompt_mask)  # x ~ p_theta (Alg. 1, line 3)
+        batch = real_ids.shape[0]
+
+        # One batch {y} ∪ {x}: the ratio model scores all of it; the generator trains on the rows of nonzero mixture
+        # weight (both unless m is 0 or 1).
+        width = max(real_ids.shape[1], gen_ids.shape[1])
+        pad_id = self.processing_class.pad_token_id
+        real_ids_w, real_mask_w = pad_columns(real_ids, real_mask, width, pad_id)
+        gen_ids_w, gen_mask_w = pad_columns(gen_ids, gen_mask, width, pad_id)
+        ids, mask = torch.cat([real_ids_w, gen_ids_w]), torch.cat([real_mask_w, gen_mask_w])
+        prompts, prompts_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
+        mix = torch.cat([ids.new_full((batch,), 1) * m, ids.new_full((batch,), 1) * (1 - m)]).float() / batch
+        rows = torch.nonzero(mix > 0).squeeze(1)
+        gen_part = self.lm_inputs(prompts[rows], prompts_mask[rows], ids[rows], mask[rows])
+        gen_logits, ratio_logits = model(
+            generator=gen_part, companion=self.companion_inputs(prompts, prompts_mask, ids, mask)
+        )
+        log_r = ratio_logits.squeeze(-1).float()
+        check_finite_log_ratios(log_r)
+
+        # Ratio estimator: Bregman objective (Alg. 1, lines 6-9).
+        loss_r = psi_mle_ratio_loss(log_r[:batch], log_r[batch:], args.bregman_f, args.ratio_target, m)
+        if not torch.isfinite(loss_r):
+            check_finite_log_ratios(torch.exp(log_r), "ratio model's exp(log-ratio)")
+            raise FloatingPointError(
+                f"ψ-MLE: non-finite Bregman objective ({args.bregman_f}); lower ratio_learning_rate."
+            )
+
+        # Generator: MLE on the mixture weighted by p_data/p_mix (Eq. 7-8), self-normalised (18), flattened (19).
+        log_w = log_r.detach()[rows]
+        if args.ratio_target == "model":
+            log_w = mixture_to_data_log_ratio(log_w, m)
+        weights = importance_weights(log_w, mix[rows], args.flatten_alpha, args.self_normalize)
+        seq_logprobs = (token_logprobs(gen_logits, ids[rows]) * mask[rows]).sum(-1)
+        loss_g = weighted_nll_loss(seq_logprobs, weights)
+
+        ratio = torch.exp(log_r.detach())
+        self.log_metric("psi_mle/ratio_loss", loss_r.detach())
+        self.log_metric("psi_mle/generator_loss", loss_g.detach())
+        self.log_metric("psi_mle/ratio_mean_real", ratio[:batch].mean())
+        self.log_metric("psi_mle/ratio_mean_generated", ratio[batch:].mean())
+        self.log_metric("psi_mle/ratio_max", ratio.max())
+        self.log_metric("psi_mle/weight_max", (weights / weights.sum()).max())  # share of the heaviest sequence
+        self.log_metric("psi_mle/ess", effective_sample_size(weights))  # Kish ESS / n of the weighted estimate
+        # The Bregman objective is per sequence; base divides by the completion budget (token sums -> per token).
+        return loss_g + args.max_completion_length * loss_r
