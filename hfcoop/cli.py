@@ -39,6 +39,11 @@ class ScriptArguments:
         default=None, metadata={"help": "Training data: a Hub dataset id, a dataset folder, or a txt/json/jsonl/csv file."}
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    task: str = field(
+        default="auto",
+        metadata={"help": "Column preset: auto, text, summarization (cnn_dailymail/xsum/scitldr), question_generation "
+                  "(squad/squad_qg). auto passes text / prompt+completion data through and recognises known layouts."},
+    )
     dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_dataset_name: str | None = field(
         default=None, metadata={"help": "Evaluation data if it is not a split of `dataset_name` (e.g. a test file)."}
@@ -90,7 +95,7 @@ def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]
 
 
 def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
-    from .data import load_any_dataset
+    from .data import apply_task, load_any_dataset
 
     if script.dataset_name is None:
         raise SystemExit("hfcoop: set `dataset_name` (a Hub dataset id or a local file) in the recipe or as a flag.")
@@ -104,7 +109,10 @@ def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
         train = train.select(range(min(script.max_train_samples, len(train))))
     if eval_ is not None and script.max_eval_samples is not None:
         eval_ = eval_.select(range(min(script.max_eval_samples, len(eval_))))
-    return train, eval_
+    try:
+        return apply_task(train, script.task), (apply_task(eval_, script.task) if eval_ is not None else None)
+    except ValueError as err:
+        raise SystemExit(f"hfcoop: {err}") from None
 
 
 def resolve_model(script: ScriptArguments, train: Any, output_dir: str) -> str:
@@ -223,6 +231,7 @@ class EvaluateArguments:
     model_name_or_path: str = field(metadata={"help": "Generator to evaluate (Hub id or local path)."})
     dataset_name: str = field(metadata={"help": "Evaluation data (Hub id, folder or file)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    task: str = field(default="auto", metadata={"help": "Column preset (see `hfcoop train --help`)."})
     split: str = field(default="test", metadata={"help": "Split of a Hub dataset."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows."})
     num_samples: int = field(default=500, metadata={"help": "Samples generated for BLEU/ROUGE/diversity."})
@@ -235,14 +244,11 @@ class EvaluateArguments:
 
 
 def evaluate_cli(argv: list[str]) -> dict[str, float]:
-    from .data import load_any_dataset
     from .evaluation import generation_quality
     from .modeling import load_causal_lm, load_tokenizer
 
     (a,) = parse((EvaluateArguments,), argv)
-    dataset = load_any_dataset(a.dataset_name, a.dataset_config, a.split)
-    if a.max_eval_samples is not None:
-        dataset = dataset.select(range(min(a.max_eval_samples, len(dataset))))
+    dataset = eval_dataset_from(a)
     model = load_causal_lm(a.model_name_or_path)
     tokenizer = load_tokenizer(None, a.model_name_or_path)
     metrics = generation_quality(
@@ -254,6 +260,64 @@ def evaluate_cli(argv: list[str]) -> dict[str, float]:
         with open(a.output_file, "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
+
+
+def eval_dataset_from(a: Any) -> Any:
+    from .data import apply_task, load_any_dataset
+
+    dataset = load_any_dataset(a.dataset_name, a.dataset_config, a.split)
+    if a.max_eval_samples is not None:
+        dataset = dataset.select(range(min(a.max_eval_samples, len(dataset))))
+    return apply_task(dataset, a.task)
+
+
+@dataclass
+class SweepArguments(EvaluateArguments):
+    """``hfcoop sweep``: the quality-diversity curve over sampling temperatures (Caccia et al., 2020)."""
+
+    model_name_or_path: list[str] = field(metadata={"help": "One or more generators; one curve each."})
+    temperatures: list[float] = field(
+        default_factory=lambda: [0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.5], metadata={"help": "Temperatures to sample at."}
+    )
+    quality_metric: str | None = field(
+        default=None, metadata={"help": "x-axis metric (default bleu-4 unconditional, rougeL conditional)."}
+    )
+    diversity_metric: str | None = field(
+        default=None, metadata={"help": "y-axis metric (default self-bleu-4 unconditional, distinct-2 conditional)."}
+    )
+    output_dir: str = field(default="sweep", metadata={"help": "Where sweep.csv and sweep.png go."})
+
+
+def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
+    import csv
+
+    from .evaluation import generation_quality
+    from .modeling import load_causal_lm, load_tokenizer
+    from .plotting import plot_sweep
+
+    (a,) = parse((SweepArguments,), argv)
+    dataset = eval_dataset_from(a)
+    conditional = "prompt" in dataset.column_names
+    x = a.quality_metric or ("rougeL" if conditional else "bleu-4")
+    y = a.diversity_metric or ("distinct-2" if conditional else "self-bleu-4")
+    rows: list[dict[str, Any]] = []
+    for path in a.model_name_or_path:
+        model, tokenizer = load_causal_lm(path), load_tokenizer(None, path)
+        for temperature in a.temperatures:
+            metrics = generation_quality(
+                model, tokenizer, dataset, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
+                max_prompt_length=a.max_prompt_length, batch_size=a.batch_size, seed=a.seed, temperature=temperature,
+            )  # fmt: skip
+            rows.append({"model": path, "temperature": temperature, **metrics})
+            print(f"{path} T={temperature}: {x}={metrics[x]:.4f} {y}={metrics[y]:.4f}")
+    os.makedirs(a.output_dir, exist_ok=True)
+    with open(os.path.join(a.output_dir, "sweep.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_sweep(rows, x, y, os.path.join(a.output_dir, "sweep.png"))
+    print(f"hfcoop: wrote {a.output_dir}/sweep.csv and sweep.png")
+    return rows
 
 
 @dataclass
@@ -269,6 +333,16 @@ class GenerateArguments:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering (1.0: off)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     output_file: str | None = field(default=None, metadata={"help": "Write samples here (jsonl)."})
+    decoding: str = field(
+        default="sample",
+        metadata={"help": "sample (plain ancestral sampling), resample (K candidates resampled by D) or mcts (MCTS "
+                  "guided by p.D); the last two need `discriminator_name_or_path`."},
+    )
+    discriminator_name_or_path: str | None = field(
+        default=None, metadata={"help": "Cooperative decoding: a one-logit sequence classifier (e.g. GCN's export)."}
+    )
+    num_candidates: int = field(default=8, metadata={"help": "resample: candidates per sample."})
+    num_simulations: int = field(default=16, metadata={"help": "mcts: simulations per token."})
 
 
 def generate_cli(argv: list[str]) -> list[dict[str, str]]:
@@ -279,6 +353,10 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     from .sampling import build_generation_config, generation_mode, sample_completions
 
     (a,) = parse((GenerateArguments,), argv)
+    if a.decoding not in ("sample", "resample", "mcts"):
+        raise SystemExit(f"hfcoop: unknown decoding '{a.decoding}'. Choose sample, resample or mcts.")
+    if a.decoding != "sample" and not a.discriminator_name_or_path:
+        raise SystemExit(f"hfcoop: --decoding {a.decoding} needs --discriminator_name_or_path.")
     torch.manual_seed(a.seed)
     model = load_causal_lm(a.model_name_or_path)
     tokenizer = load_tokenizer(None, a.model_name_or_path)
@@ -289,6 +367,18 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     else:
         prompts = [""]
     rows = []
+    if a.decoding != "sample":
+        from .cooperative_decoding import cooperative_generate
+
+        for prompt in prompts:
+            texts = cooperative_generate(
+                model, a.discriminator_name_or_path, [prompt] * a.num_samples if prompt else None,
+                num_samples=a.num_samples, tokenizer=tokenizer, method=a.decoding, max_new_tokens=a.max_new_tokens,
+                temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, num_candidates=a.num_candidates,
+                num_simulations=a.num_simulations,
+            )  # fmt: skip
+            rows += [{"prompt": prompt, "completion": t} for t in texts]
+        prompts = []  # done
     with generation_mode(model) as g:
         for prompt in prompts:
             ids = tokenizer(prompt)["input_ids"] if prompt else [start_token_id(tokenizer)]
@@ -303,7 +393,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     return rows
 
 
-VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli}
+VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli, "sweep": sweep_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

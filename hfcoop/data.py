@@ -11,7 +11,7 @@ that ``generate`` produces, so real and generated sequences go through the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -159,7 +159,8 @@ def load_any_dataset(name_or_path: str, config_name: str | None = None, split: s
         ext = os.path.splitext(name_or_path)[1].lower()
         if ext not in _LOCAL_BUILDERS:
             raise ValueError(f"Unsupported data file {name_or_path}: use one of {sorted(_LOCAL_BUILDERS)}.")
-        dataset = load_dataset(_LOCAL_BUILDERS[ext], data_files={"data": name_or_path}, split="data")
+        kwargs = {"field": "data"} if ext == ".json" and _has_data_field(name_or_path) else {}
+        dataset = load_dataset(_LOCAL_BUILDERS[ext], data_files={"data": name_or_path}, split="data", **kwargs)
         if ext == ".txt":
             dataset = dataset.filter(lambda row: bool(row["text"].strip()))
         return dataset
@@ -168,3 +169,78 @@ def load_any_dataset(name_or_path: str, config_name: str | None = None, split: s
     if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_dict.json")):
         return load_from_disk(name_or_path)[split]
     return load_dataset(name_or_path, config_name, split=split)
+
+
+def _has_data_field(path: str) -> bool:
+    """SQuAD-style JSON files keep their records under a top-level "data" list."""
+    with open(path) as f:
+        head = f.read(4096).lstrip()
+    return head.startswith("{") and '"data"' in head and "\n{" not in head
+
+
+# ----------------------------------------------------------------------------- task presets
+# Each preset maps a well-known column layout to the two formats. Templates follow common practice for
+# decoder-only models (a "TL;DR:" cue for summarisation, labelled fields for question generation).
+SUMMARIZATION_TEMPLATE = "{document}\nTL;DR:"
+QUESTION_GENERATION_TEMPLATE = "context: {context}\nanswer: {answer}\nquestion:"
+
+
+def _first(value: Any) -> str:
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def _join(value: Any) -> str:
+    return " ".join(value) if isinstance(value, (list, tuple)) else value
+
+
+def _summarization(document: str, summary: str) -> Callable[[dict[str, Any]], dict[str, str]]:
+    def convert(row: dict[str, Any]) -> dict[str, str]:
+        return {"prompt": SUMMARIZATION_TEMPLATE.format(document=_join(row[document]).strip()),
+                "completion": " " + _first(row[summary]).strip()}  # fmt: skip
+
+    return convert
+
+
+def _question_generation(answer_of: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], dict[str, str]]:
+    def convert(row: dict[str, Any]) -> dict[str, str]:
+        prompt = QUESTION_GENERATION_TEMPLATE.format(context=row["context"].strip(), answer=answer_of(row).strip())
+        return {"prompt": prompt, "completion": " " + row["question"].strip()}
+
+    return convert
+
+
+# name: (columns that identify the layout, converter, row filter)
+TASK_PRESETS: dict[str, tuple[set[str], Callable[[dict[str, Any]], dict[str, str]], Callable[[dict], bool] | None]] = {
+    "cnn_dailymail": ({"article", "highlights"}, _summarization("article", "highlights"), None),
+    "xsum": ({"document", "summary"}, _summarization("document", "summary"), None),
+    "scitldr": ({"source", "target"}, _summarization("source", "target"), None),
+    "squad": ({"context", "question", "answers"}, _question_generation(lambda r: r["answers"]["text"][0]),
+              lambda r: len(r["answers"]["text"]) > 0),  # unanswerable SQuAD v2 rows have no answer to ask about
+    "squad_qg": ({"context", "answer", "question"}, _question_generation(lambda r: r["answer"]), None),
+}  # fmt: skip
+TASK_ALIASES = {"summarization": ("cnn_dailymail", "xsum", "scitldr"), "question_generation": ("squad", "squad_qg")}
+
+
+def apply_task(dataset: Dataset, task: str = "auto") -> Dataset:
+    """Maps a dataset to ``text`` or ``prompt``/``completion`` with a task preset.
+
+    ``task``: ``"auto"`` (datasets already in a format pass through; known layouts are recognised by their
+    columns), ``"text"``, ``"summarization"``, ``"question_generation"`` or a preset name from ``TASK_PRESETS``.
+    """
+    columns = set(dataset.column_names)
+    if task in ("auto", "text") and ("text" in columns or {"prompt", "completion"} <= columns):
+        return dataset
+    candidates = TASK_ALIASES.get(task, (task,)) if task != "auto" else tuple(TASK_PRESETS)
+    for name in candidates:
+        if name not in TASK_PRESETS:
+            raise ValueError(f"Unknown task '{task}'. Choose auto, text, {', '.join(TASK_ALIASES)} or {', '.join(TASK_PRESETS)}.")
+        needed, convert, keep = TASK_PRESETS[name]
+        if needed <= columns:
+            if keep is not None:
+                dataset = dataset.filter(keep)
+            return dataset.map(convert, remove_columns=dataset.column_names)
+    raise ValueError(
+        f"Task '{task}': the dataset has columns {sorted(columns)}, which match no preset "
+        f"({'; '.join(f'{n}: {sorted(TASK_PRESETS[n][0])}' for n in candidates if n in TASK_PRESETS)}). "
+        "Rename the columns, or map them to 'text' / 'prompt'+'completion' yourself."
+    )

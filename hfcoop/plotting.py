@@ -38,3 +38,26 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str) -> str | 
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def plot_sweep(rows: list[dict[str, Any]], x: str, y: str, path: str) -> str:
+    """Quality-diversity curves: one line per model, one point per temperature (annotated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = [r for r in rows if r["model"] == model]
+        ax.plot([r[x] for r in points], [r[y] for r in points], marker="o", label=model.rstrip("/").split("/")[-1])
+        for r in points:
+            ax.annotate(f"T={r['temperature']:g}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title("quality-diversity sweep over temperature")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

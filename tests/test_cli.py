@@ -77,3 +77,66 @@ def test_unknown_algorithm_verb_field_and_bad_yaml(tmp_path):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "hfcoop.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_sweep_writes_curve_png_and_csv(tmp_path, tiny_lm):
+    out = str(tmp_path / "sweep")
+    rows = main_sweep(["sweep", "--model_name_or_path", tiny_lm, "--dataset_name",
+                       os.path.join(DATA, "coco_test_sample.txt"), "--max_eval_samples", "40", "--num_samples", "12",
+                       "--max_new_tokens", "6", "--temperatures", "0.5", "1.5", "--output_dir", out])  # fmt: skip
+    assert os.path.isfile(os.path.join(out, "sweep.png"))
+    lines = open(os.path.join(out, "sweep.csv")).read().strip().splitlines()
+    assert len(lines) == 3 and "self-bleu-4" in lines[0]
+    # a colder temperature gives less diverse samples: more shared n-grams between them
+    cold, hot = rows
+    assert cold["self-bleu-2"] > hot["self-bleu-2"]
+
+
+def main_sweep(argv):
+    from hfcoop.cli import sweep_cli
+
+    return sweep_cli(argv[1:])
+
+
+def test_generate_with_cooperative_decoding(tmp_path, tiny_lm, capsys):
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    disc = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2,
+                                                    n_positions=64, num_labels=1, pad_token_id=tok.pad_token_id))  # fmt: skip
+    disc_dir = str(tmp_path / "disc")
+    disc.save_pretrained(disc_dir)
+    tok.save_pretrained(disc_dir)
+    for decoding in ("resample", "mcts"):
+        main(["generate", "--model_name_or_path", tiny_lm, "--num_samples", "2", "--max_new_tokens", "3",
+              "--decoding", decoding, "--discriminator_name_or_path", disc_dir, "--num_simulations", "2"])  # fmt: skip
+        rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert len(rows) == 2
+    with pytest.raises(SystemExit, match="needs --discriminator_name_or_path"):
+        main(["generate", "--model_name_or_path", tiny_lm, "--decoding", "mcts"])
+
+
+@pytest.mark.parametrize(
+    "file_name, task, n_rows",
+    [("xsum_sample.json", "summarization", 10), ("squad_sample.json", "question_generation", 8),
+     ("scitldr_sample.jsonl", "auto", 100), ("squad_qg_sample.jsonl", "auto", 300)],
+)  # fmt: skip
+def test_task_presets_on_real_samples(file_name, task, n_rows):
+    from hfcoop.data import apply_task, load_any_dataset
+
+    data = apply_task(load_any_dataset(os.path.join(DATA, file_name)), task)
+    assert data.column_names == ["prompt", "completion"] and len(data) == n_rows
+    row = data[0]
+    assert row["completion"].startswith(" ") and len(row["completion"]) > 3
+    assert row["prompt"].endswith("question:" if "squad" in file_name else "TL;DR:")
+
+
+def test_task_preset_errors_name_the_columns():
+    from datasets import Dataset
+
+    from hfcoop.data import apply_task
+
+    with pytest.raises(ValueError, match="match no preset"):
+        apply_task(Dataset.from_dict({"article": ["x"]}), "summarization")
+    with pytest.raises(ValueError, match="Unknown task"):
+        apply_task(Dataset.from_dict({"article": ["x"]}), "translation")

@@ -130,7 +130,10 @@ class CooperativeTrainer(Trainer):
 
             generator = get_peft_model(generator, peft_config)
             if args.companion_peft and isinstance(companion_module, PreTrainedModel):
-                companion_module = get_peft_model(companion_module, copy.deepcopy(peft_config))
+                companion_config = copy.deepcopy(peft_config)
+                if not hasattr(companion_module, "generate"):  # a scorer: peft then also trains its new head
+                    companion_config.task_type = "SEQ_CLS"
+                companion_module = get_peft_model(companion_module, companion_config)
         self.check_pair(generator, companion_module, tokenizer)
         pair = CooperativePair(generator, companion_module)
 
@@ -305,6 +308,8 @@ class CooperativeTrainer(Trainer):
             self.save_extra_state(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if self.is_fsdp_enabled:  # sharded FSDP checkpoints hold the whole pair; Trainer knows how to load them
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         pair = self.accelerator.unwrap_model(model if model is not None else self.model)
         load_module_weights(pair.generator, resume_from_checkpoint)
         if pair.companion is not None:
