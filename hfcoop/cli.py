@@ -115,7 +115,7 @@ def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
         raise SystemExit(f"hfcoop: {err}") from None
 
 
-def resolve_model(script: ScriptArguments, train: Any, output_dir: str) -> str:
+def resolve_model(script: ScriptArguments, train: Any, args: Any) -> str:
     """The generator path; builds the tiny model (once, inside the run's folder) when asked to."""
     if script.model_name_or_path:
         return script.model_name_or_path
@@ -123,17 +123,18 @@ def resolve_model(script: ScriptArguments, train: Any, output_dir: str) -> str:
         raise SystemExit("hfcoop: set `model_name_or_path` (Hub id or local path), or `tiny_model: true` for a demo.")
     from .tiny import build_tiny_model
 
-    path = os.path.join(output_dir, "tiny-base-model")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
-        texts = [row[c] for row in train for c in columns]
-        build_tiny_model(
-            path,
-            texts,
-            vocab_size=script.tiny_model_vocab_size,
-            n_layer=script.tiny_model_layers,
-            n_embd=script.tiny_model_hidden,
-        )
+    path = os.path.join(args.output_dir, "tiny-base-model")
+    with args.main_process_first(desc="tiny model"):  # under accelerate launch: built once, read by every rank
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
+            texts = [row[c] for row in train for c in columns]
+            build_tiny_model(
+                path,
+                texts,
+                vocab_size=script.tiny_model_vocab_size,
+                n_layer=script.tiny_model_layers,
+                n_embd=script.tiny_model_hidden,
+            )
     return path
 
 
@@ -167,7 +168,7 @@ def train(argv: list[str]) -> dict[str, Any]:
     config_cls, trainer_cls = _algorithm(name)
     script, args = parse((ScriptArguments, config_cls), argv)
     train_ds, eval_ds = load_datasets(script)
-    model = resolve_model(script, train_ds, args.output_dir)
+    model = resolve_model(script, train_ds, args)
     companion = () if name == "mle" else (companion_from(name, script),)
     trainer = trainer_cls(
         model,
@@ -180,10 +181,16 @@ def train(argv: list[str]) -> dict[str, Any]:
     trainer.dataset_names = [d for d in (script.dataset_name, script.eval_dataset_name) if d]
     trainer.launch_command = "hfcoop train " + " ".join([name, *argv])
     report: dict[str, Any] = {}
-    if script.quality_samples and eval_ds is not None:
+    # The report samples from the unwrapped generator with no collective ops, so the main process alone runs it.
+    # Sharded parameters (ZeRO-3, FSDP) need every rank to sample, so there the report is skipped.
+    sharded = trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled and args.hf_deepspeed_config.is_zero3())
+    assess = bool(script.quality_samples) and eval_ds is not None and trainer.is_world_process_zero() and not sharded
+    if sharded and script.quality_samples and trainer.is_world_process_zero():
+        print("hfcoop: quality report skipped with sharded parameters; run `hfcoop evaluate` on the saved model.")
+    if assess:
         report["before"] = quality(trainer, eval_ds, script.quality_samples)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    if script.quality_samples and eval_ds is not None:
+    if assess:
         report["after"] = quality(trainer, eval_ds, script.quality_samples)
     trainer.save_model()
     if trainer.is_world_process_zero():

@@ -44,7 +44,8 @@ def test_there_are_recipes():
 def test_every_recipe_parses_into_its_config(recipe):
     stem = os.path.basename(recipe)
     name = "psi_mle" if stem.startswith("psi_mle") else stem.split("_")[0].removesuffix(".yaml")
-    assert name in ALGORITHMS, f"recipe {recipe} must be named <algorithm>_<variant>.yaml"
+    name = name if name in ALGORITHMS else os.path.basename(os.path.dirname(recipe))  # recipes/<algorithm>/x.yaml
+    assert name in ALGORITHMS, f"recipe {recipe}: name it <algorithm>[_variant].yaml or put it in recipes/<algorithm>/"
     config_cls, _ = _algorithm(name)
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU machine: override it, check the rest.
     script, args = parse((ScriptArguments, config_cls), ["--config", recipe, "--bf16", "false", "--fp16", "false"])
