@@ -288,7 +288,9 @@ def cooperative_generate(
     if prompts is None:
         rows = [[start_token_id(tokenizer)] for _ in range(num_samples)]
     else:
-        rows = [tokenizer(p)["input_ids"] or [start_token_id(tokenizer)] for p in prompts]
+        # Prompts keep their newest tokens so that prompt + completion fit the generator's positions.
+        keep = (getattr(generator.config, "max_position_embeddings", None) or 10**9) - max_new_tokens
+        rows = [tokenizer(p)["input_ids"][-keep:] or [start_token_id(tokenizer)] for p in prompts]
     config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p)
     was_training = generator.training
     generator.eval()

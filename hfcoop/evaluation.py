@@ -82,7 +82,8 @@ def generation_quality(
                                    batch_size, temperature)  # fmt: skip
             references = _normalise(tokenizer, list(rows["completion"]))
             metrics = compute_generation_metrics(samples, references, task="conditional")
-            nll = reference_nll(model, tokenizer, list(rows["completion"]), prompts=prompts, batch_size=batch_size)
+            nll = reference_nll(model, tokenizer, list(rows["completion"]), prompts=prompts, batch_size=batch_size,
+                                max_prompt_length=max_prompt_length)  # fmt: skip
     finally:
         torch.random.set_rng_state(rng_state)
     metrics["nll_per_token"] = nll["nll_per_token"]

@@ -366,8 +366,12 @@ def reference_nll(
     batch_size: int = 16,
     add_bos: bool = True,
     append_eos: bool = True,
+    max_prompt_length: int | None = None,
 ) -> dict[str, float]:
     """NLL (nats) of ``texts`` under a causal LM, optionally conditioned on ``prompts``.
+
+    Prompts keep their last ``max_prompt_length`` tokens; a sequence longer than the model's
+    ``max_position_embeddings`` loses its oldest prompt tokens, then the end of its text.
 
     Sequence = ``[bos]? + prompt + text + [eos]?`` (bos falls back to eos; prompt and
     text tokenised separately without special tokens).  Scored targets: every
@@ -402,7 +406,14 @@ def reference_nll(
     else:
         prompt_ids = [[] for _ in texts]
     sequences: list[tuple[list[int], int]] = []  # (ids, index of first scored token)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
     for p_ids, t_ids in zip(prompt_ids, text_ids):
+        if max_prompt_length is not None:
+            p_ids = p_ids[-max_prompt_length:] if max_prompt_length > 0 else []
+        # Beyond the model's positions: drop the prompt's oldest tokens first, then the text's tail.
+        room = limit - int(add_bos) - int(append_eos)
+        t_ids = t_ids[: max(room - 1, 1)]
+        p_ids = p_ids[max(0, len(p_ids) - (room - len(t_ids))) :]
         prefix = ([bos_id] if add_bos else []) + list(p_ids)
         ids = prefix + list(t_ids) + ([eos_id] if append_eos else [])
         sequences.append((ids, max(1, len(prefix))))

@@ -320,3 +320,10 @@ def test_bf16_autocast_and_activation_checkpointing(tiny_lm, coco_text, tmp_path
     assert trainer.pair.generator.is_activation_checkpointing
     assert trainer.pair.companion.is_activation_checkpointing
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
+
+
+def test_lengths_beyond_the_model_positions_are_a_clear_error(tiny_lm, coco_prompt_completion, tmp_path):
+    # the tiny model has 64 positions
+    with pytest.raises(ValueError, match="must fit the model's 64 positions: set max_prompt_length to at most 56"):
+        CoTTrainer(tiny_lm, train_dataset=coco_prompt_completion,
+                   args=cot_args(tmp_path, max_prompt_length=60, max_completion_length=8))  # fmt: skip

@@ -124,6 +124,7 @@ class CooperativeTrainer(Trainer):
         self.base_model_id = model_id
         tokenizer = load_tokenizer(processing_class, model_id)
         generator = load_causal_lm(model, name="model", trust_remote_code=args.trust_remote_code)
+        check_lengths(generator, args, self.data_format)
         companion_module = self.build_companion(companion, generator, tokenizer, args)
         if peft_config is not None:
             from peft import get_peft_model
@@ -341,4 +342,18 @@ def check_hub_token(token: str | None) -> None:
         raise ValueError(
             "push_to_hub=True but no Hugging Face token was found. Run `hf auth login`, set the HF_TOKEN "
             "environment variable, or pass `hub_token` (it is never logged)."
+        )
+
+
+def check_lengths(generator: PreTrainedModel, args: CooperativeConfig, data_format: str | None) -> None:
+    """Prompt + completion budgets must fit the model's positions (else an index error deep in the forward)."""
+    limit = getattr(generator.config.get_text_config(), "max_position_embeddings", None)
+    if not limit:
+        return
+    prompt = 1 if data_format == "text" else args.max_prompt_length
+    if prompt is None or prompt + args.max_completion_length > limit:
+        raise ValueError(
+            f"max_prompt_length ({args.max_prompt_length}) + max_completion_length ({args.max_completion_length}) "
+            f"must fit the model's {limit} positions: set max_prompt_length to at most "
+            f"{limit - args.max_completion_length}."
         )
