@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     if verb not in VERBS:
         raise SystemExit(f"hfcoop: unknown command '{verb}'. Choose one of: {', '.join(VERBS)}.")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verb != "train" and int(os.environ.get("RANK", "0")) != 0:
+        return  # under `accelerate launch`, inference verbs run once (they use no collective ops)
     VERBS[verb](argv[1:])
 
 

@@ -1,5 +1,6 @@
 """The `hfcoop` command end to end on bundled data and a tiny model built by the CLI itself."""
 
+import glob
 import json
 import os
 import subprocess
@@ -140,3 +141,16 @@ def test_task_preset_errors_name_the_columns():
         apply_task(Dataset.from_dict({"article": ["x"]}), "summarization")
     with pytest.raises(ValueError, match="Unknown task"):
         apply_task(Dataset.from_dict({"article": ["x"]}), "translation")
+
+
+def test_report_to_tensorboard_writes_namespaced_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = str(tmp_path / "run")
+    main(["train", "cot", "--config", RECIPE, *small_run_flags(out), "--quality_samples", "0",
+          "--report_to", "tensorboard", "--logging_steps", "1"])  # fmt: skip
+    (events,) = glob.glob(os.path.join(out, "runs", "*", "events.out.tfevents.*"))
+    accumulator = EventAccumulator(events)
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/mediator/balanced_nll", "train/cot/kl_per_token"} <= tags
