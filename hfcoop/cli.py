@@ -243,7 +243,9 @@ class EvaluateArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows."})
     num_samples: int = field(default=500, metadata={"help": "Samples generated for BLEU/ROUGE/diversity."})
     max_new_tokens: int = field(default=32, metadata={"help": "Most tokens per sample."})
-    max_prompt_length: int | None = field(default=256, metadata={"help": "Prompts keep their last N tokens."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Prompts keep their last N tokens (None: as many as fit the model)."}
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})

@@ -38,6 +38,8 @@ def sample_texts(
     """Decoded samples: ``num_samples`` unconditional ones, or one per prompt when prompts are given."""
     config = build_generation_config(tokenizer, max_new_tokens, temperature)
     device = next(model.parameters()).device
+    if max_prompt_length is None:  # as many prompt tokens as fit next to the completion
+        max_prompt_length = (getattr(model.config, "max_position_embeddings", None) or 10**9) - max_new_tokens
     texts: list[str] = []
     with generation_mode(model) as g:
         for start in range(0, len(prompts) if prompts is not None else num_samples, batch_size):
@@ -45,7 +47,7 @@ def sample_texts(
                 n = min(batch_size, num_samples - start)
                 ids = [[start_token_id(tokenizer)]] * n
             else:
-                ids = [tokenizer(p)["input_ids"][-(max_prompt_length or 10**9) :] for p in prompts[start : start + batch_size]]
+                ids = [tokenizer(p)["input_ids"][-max_prompt_length:] for p in prompts[start : start + batch_size]]
             prompt_ids, prompt_mask = pad_left(ids, tokenizer.pad_token_id)
             out, _ = sample_completions(g, prompt_ids.to(device), prompt_mask.to(device), config)
             texts += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
@@ -59,7 +61,7 @@ def generation_quality(
     *,
     num_samples: int = 200,
     max_new_tokens: int = 32,
-    max_prompt_length: int | None = 256,
+    max_prompt_length: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
     temperature: float = 1.0,

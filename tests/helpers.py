@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
+from transformers import TrainerCallback
 
 from hfcoop import CoTTrainer
 from hfcoop.data import pad_right
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 class DeterministicSampleCoT(CoTTrainer):
@@ -27,3 +34,34 @@ def state_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: fl
     """Largest absolute difference between two state dicts with the same keys (asserts the keys match)."""
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+class StopAfter(TrainerCallback):
+    """Ends training after ``step`` (after its checkpoint is written), like a job killed there.
+
+    Stopping this way keeps ``max_steps`` (hence the learning-rate schedule) equal to the uninterrupted run's.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def launch(script: str, script_args: list[str], num_processes: int) -> str:
+    """Runs ``script`` as 1 plain process or 2 gloo DDP processes under ``accelerate launch``; returns stdout.
+
+    The script must print ``WORLD_SIZE <n>`` from its main process, which is checked.
+    """
+    if num_processes == 1:
+        cmd = [sys.executable, script, *script_args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *script_args]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": TESTS}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"WORLD_SIZE {num_processes}" in result.stdout, result.stdout[-2000:]
+    return result.stdout

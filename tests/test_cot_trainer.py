@@ -2,16 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file
-from transformers import TrainerCallback, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
-from helpers import DeterministicSampleCoT, state_close
+from helpers import DeterministicSampleCoT, StopAfter, launch, state_close
 from hfcoop import CoTConfig, CoTTrainer, MLEConfig, MLETrainer
 from toy import build_toy_model, data_distribution, jsd, model_distribution, total_variation, toy_dataset
 
@@ -82,17 +80,6 @@ def test_cot_reduces_exact_jsd_and_mediator_tracks_mixture(toy, tmp_path):
 
 
 # ---------------------------------------------------------------- resume, accumulation, DDP
-class StopAfter(TrainerCallback):
-    """Ends training after ``step`` (after its checkpoint is written), like a job killed there."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 def test_resume_is_bit_identical(tiny_lm, coco_text, tmp_path):
     def run(out, resume=None, stop=None):
         args = cot_args(tmp_path, output_dir=str(tmp_path / out), max_steps=6, save_strategy="steps", save_steps=3)
@@ -130,17 +117,7 @@ def test_gradient_accumulation_matches_large_batch(tiny_lm, coco_prompt_completi
 
 
 def _launch(num_processes, model, out, batch):
-    script = os.path.join(TESTS, "scripts", "ddp_cot.py")
-    if num_processes == 1:
-        cmd = [sys.executable, script, model, out, str(batch)]
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, model, out,
-               str(batch)]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": TESTS}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"WORLD_SIZE {num_processes}" in result.stdout
+    launch(os.path.join(TESTS, "scripts", "ddp_cot.py"), [model, out, str(batch)], num_processes)
     return load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(out, "mediator", "model.safetensors"))
 
 
@@ -324,6 +301,6 @@ def test_bf16_autocast_and_activation_checkpointing(tiny_lm, coco_text, tmp_path
 
 def test_lengths_beyond_the_model_positions_are_a_clear_error(tiny_lm, coco_prompt_completion, tmp_path):
     # the tiny model has 64 positions
-    with pytest.raises(ValueError, match="must fit the model's 64 positions: set max_prompt_length to at most 56"):
+    with pytest.raises(ValueError, match="must fit the model.s 64 positions: set max_prompt_length to at most 56"):
         CoTTrainer(tiny_lm, train_dataset=coco_prompt_completion,
                    args=cot_args(tmp_path, max_prompt_length=60, max_completion_length=8))  # fmt: skip

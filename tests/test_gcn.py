@@ -6,14 +6,15 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import math
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2ForSequenceClassification, TrainerCallback
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2ForSequenceClassification
+
+from helpers import StopAfter, launch
 
 from hfcoop import GCNConfig, GCNTrainer
 from hfcoop.cooperative_decoding import resample_indices, resample_log_weights
@@ -31,7 +32,7 @@ def gcn_args(tmp_path, **kw) -> GCNConfig:
     return GCNConfig(**base)
 
 
-def tv(a: torch.Tensor, b: torch.Tensor) -> float:
+def tv(a: torch.Tensor, b: torch.Tensor) -> float:  # total variation
     return 0.5 * float((a - b).abs().sum())
 
 
@@ -156,15 +157,6 @@ def test_trainer_end_to_end(sampler, data, extra, tiny_lm, coco_text, coco_promp
         assert 0 < logs[0]["gcn/resample_ess"] <= 1 + 1e-6
 
 
-class StopAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-
-
 def test_resume_is_bit_identical(tiny_lm, coco_prompt_completion, tmp_path):
     """With the resampling sampler (global-RNG draws) and MLE mixing, a resumed run equals an uninterrupted one."""
 
@@ -176,7 +168,7 @@ def test_resume_is_bit_identical(tiny_lm, coco_prompt_completion, tmp_path):
         return trainer.pair
 
     full = run("full")
-    run("cut", callbacks=[StopAt(2)])
+    run("cut", callbacks=[StopAfter(2)])
     resumed = run("cut", resume=str(tmp_path / "cut" / "checkpoint-2"))
     for a, b in ((full.generator, resumed.generator), (full.companion, resumed.companion)):
         sa, sb = a.state_dict(), b.state_dict()
@@ -216,6 +208,7 @@ DDP_SCRIPT = textwrap.dedent(
     import torch
     from datasets import Dataset
     from conftest import coco_lines
+    from safetensors.torch import save_file
     from hfcoop import GCNConfig, GCNTrainer, PsiMLEConfig, PsiMLETrainer
 
     model, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -234,39 +227,24 @@ DDP_SCRIPT = textwrap.dedent(
         trainer = cls(model, train_dataset=data, args=args)
         trainer.train()
         rank = trainer.accelerator.process_index
-        torch.save({k: v.detach().clone() for k, v in trainer.pair.state_dict().items()},
-                   f"{out}/{cls.algorithm}_rank{rank}.pt")
+        save_file({k: v.detach().clone().contiguous() for k, v in trainer.pair.state_dict().items()},
+                  f"{out}/{cls.algorithm}_rank{rank}.safetensors")
         if rank == 0:
             print("WORLD_SIZE", trainer.accelerator.num_processes, cls.algorithm, trainer.state.log_history[0]["loss"])
     """
 )
 
 
-def _launch(num_processes: int, model: str, out: str, batch: int, script: str) -> str:
-    os.makedirs(out, exist_ok=True)
-    if num_processes == 1:
-        cmd = [sys.executable, script, model, out, str(batch)]
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, model, out,
-               str(batch)]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": TESTS}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"WORLD_SIZE {num_processes}" in result.stdout, result.stdout[-2000:]
-    return result.stdout
-
-
 def test_two_process_ddp_matches_one_process(tiny_lm, tmp_path):
     script = tmp_path / "ddp_scorers.py"
     script.write_text(DDP_SCRIPT)
-    _launch(2, tiny_lm, str(tmp_path / "ddp"), 2, str(script))
-    _launch(1, tiny_lm, str(tmp_path / "single"), 4, str(script))
+    launch(str(script), [tiny_lm, str(tmp_path / "ddp"), "2"], 2)
+    launch(str(script), [tiny_lm, str(tmp_path / "single"), "4"], 1)
     init = AutoModelForCausalLM.from_pretrained(tiny_lm).state_dict()
     for algorithm in ("psi_mle", "gcn"):
-        rank0 = torch.load(tmp_path / "ddp" / f"{algorithm}_rank0.pt")
-        rank1 = torch.load(tmp_path / "ddp" / f"{algorithm}_rank1.pt")
-        single = torch.load(tmp_path / "single" / f"{algorithm}_rank0.pt")
+        rank0 = load_file(tmp_path / "ddp" / f"{algorithm}_rank0.safetensors")
+        rank1 = load_file(tmp_path / "ddp" / f"{algorithm}_rank1.safetensors")
+        single = load_file(tmp_path / "single" / f"{algorithm}_rank0.safetensors")
         assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # the processes stay in sync
         # same global batch of 4 (2 x 2 vs 1 x 4): equal up to float reduction order
         diff = max(float((rank0[k] - single[k]).abs().max()) for k in rank0)

@@ -17,9 +17,9 @@ from transformers import (
     AutoTokenizer,
     GPT2Config,
     GPT2ForSequenceClassification,
-    TrainerCallback,
 )
 
+from helpers import StopAfter
 from hfcoop import PsiMLEConfig, PsiMLETrainer
 from hfcoop.losses import (
     BREGMAN_FUNCTIONS,
@@ -287,17 +287,6 @@ def test_trainer_with_another_tokenizer_and_model_target(tiny_lm, coco_prompt_co
     assert all(math.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
 
 
-class StopAt(TrainerCallback):
-    """Kills a run after `step` (same max_steps, so the learning-rate schedule is the full run's)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-
-
 def test_resume_is_bit_identical(tiny_lm, coco_text, tmp_path):
     def run(out, resume=None, callbacks=None):
         args = psi_args(tmp_path, output_dir=str(tmp_path / out), max_steps=4, learning_rate=1e-2,
@@ -307,7 +296,7 @@ def test_resume_is_bit_identical(tiny_lm, coco_text, tmp_path):
         return trainer.pair
 
     full = run("full")
-    run("cut", callbacks=[StopAt(2)])
+    run("cut", callbacks=[StopAfter(2)])
     resumed = run("cut", resume=str(tmp_path / "cut" / "checkpoint-2"))
     for a, b in ((full.generator, resumed.generator), (full.companion, resumed.companion)):
         sa, sb = a.state_dict(), b.state_dict()

@@ -40,7 +40,9 @@ class CooperativeConfig(TrainingArguments):
     """Training arguments shared by every hfcoop algorithm (all of ``TrainingArguments`` plus these)."""
 
     max_prompt_length: int | None = field(
-        default=256, metadata={"help": "Prompts keep their last this-many tokens (conditional data). None: no limit."}
+        default=None,
+        metadata={"help": "Prompts keep their last this-many tokens (conditional data). None: as many as fit the "
+                  "model's positions next to max_completion_length."},
     )
     max_completion_length: int = field(
         default=32,
@@ -350,8 +352,10 @@ def check_lengths(generator: PreTrainedModel, args: CooperativeConfig, data_form
     limit = getattr(generator.config.get_text_config(), "max_position_embeddings", None)
     if not limit:
         return
+    if args.max_prompt_length is None:
+        args.max_prompt_length = limit - args.max_completion_length
     prompt = 1 if data_format == "text" else args.max_prompt_length
-    if prompt is None or prompt + args.max_completion_length > limit:
+    if prompt + args.max_completion_length > limit or args.max_prompt_length < 1:
         raise ValueError(
             f"max_prompt_length ({args.max_prompt_length}) + max_completion_length ({args.max_completion_length}) "
             f"must fit the model's {limit} positions: set max_prompt_length to at most "
