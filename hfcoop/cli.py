@@ -115,7 +115,7 @@ def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
         raise SystemExit(f"hfcoop: {err}") from None
 
 
-def resolve_model(script: ScriptArguments, train: Any, args: Any) -> str:
+def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: Any = None) -> str:
     """The generator path; builds the tiny model (once, inside the run's folder) when asked to."""
     if script.model_name_or_path:
         return script.model_name_or_path
@@ -128,6 +128,11 @@ def resolve_model(script: ScriptArguments, train: Any, args: Any) -> str:
         if not os.path.isfile(os.path.join(path, "config.json")):
             columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
             texts = [row[c] for row in train for c in columns]
+            if generators:  # GENERE: the tokenizer must also cover what the black-box generators write
+                import random
+
+                rng = random.Random(0)
+                texts += [v for g in generators for _ in range(200) for v in g(rng).values()]
             build_tiny_model(
                 path,
                 texts,
@@ -168,8 +173,8 @@ def train(argv: list[str]) -> dict[str, Any]:
     config_cls, trainer_cls = _algorithm(name)
     script, args = parse((ScriptArguments, config_cls), argv)
     train_ds, eval_ds = load_datasets(script)
-    model = resolve_model(script, train_ds, args)
     companion = () if name == "mle" else (companion_from(name, script),)
+    model = resolve_model(script, train_ds, args, companion[0] if name == "genere" else None)
     trainer = trainer_cls(
         model,
         *companion,

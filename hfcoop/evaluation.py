@@ -84,8 +84,10 @@ def generation_quality(
                                    batch_size, temperature)  # fmt: skip
             references = _normalise(tokenizer, list(rows["completion"]))
             metrics = compute_generation_metrics(samples, references, task="conditional")
+            # Score as training tokenises (hfcoop.data.tokenize_row): the prompt gets BOS only if the tokenizer adds it.
+            adds_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
             nll = reference_nll(model, tokenizer, list(rows["completion"]), prompts=prompts, batch_size=batch_size,
-                                max_prompt_length=max_prompt_length)  # fmt: skip
+                                max_prompt_length=max_prompt_length, add_bos=adds_bos)  # fmt: skip
     finally:
         torch.random.set_rng_state(rng_state)
     metrics["nll_per_token"] = nll["nll_per_token"]

@@ -12,7 +12,7 @@ index  generator                   differs from the real data in
 1      ``compute_times_divided``   the operators: "times" / "divided by" -> ``*`` / ``/``
 2      ``compute_large_numbers``   the number range: 21 <= abs(n) <= 99
 3      ``compute_answer_last``     the output format: same prompts, but "1 + 3 - 2 = X"
-4      ``add_to_subtract_from``    the word order: "add three to one then subtract two" -> "X = 1 + 3 - 2"
+4      ``add_to_subtract_from``    the word order: "add three to one then subtract two from it" -> "X = 1 + 3 - 2"
 =====  ==========================  =========================================================================
 
 Every generator is a black box ``generator(rng: random.Random) -> {"prompt": str, "completion": str}``, the
@@ -101,7 +101,7 @@ def compute_answer_last(rng: random.Random) -> dict[str, str]:
 
 
 def add_to_subtract_from(rng: random.Random) -> dict[str, str]:
-    """Another word order: "add three to one then subtract two" -> "X = 1 + 3 - 2"."""
+    """Another word order: "add three to one then subtract two from it" -> "X = 1 + 3 - 2"."""
     numbers = _numbers(rng)
     ops = [rng.choice(_PLUS_MINUS) for _ in numbers[1:]]
     clauses = []
@@ -188,7 +188,8 @@ class EquationTaskArguments:
     )
     tiny_model_dir: str = field(default="hfcoop-genere-tiny", metadata={"help": "Where the tiny model is built."})
     tiny_n_layer: int = field(default=2, metadata={"help": "Layers of the tiny model."})
-    tiny_n_embd: int = field(default=64, metadata={"help": "Width of the tiny model."})
+    tiny_n_embd: int = field(default=128, metadata={"help": "Width of the tiny model."})
+    tiny_n_head: int = field(default=4, metadata={"help": "Attention heads of the tiny model."})
     num_real_examples: int = field(default=64, metadata={"help": "Real training rows (from `compute_words`)."})
     num_eval_examples: int = field(default=256, metadata={"help": "Held-out real rows for the test loss."})
     data_seed_offset: int = field(default=1000, metadata={"help": "Real data uses seed + this; eval seed + this + 1."})
@@ -221,6 +222,7 @@ def build_text_to_equation(
 
     from .trainers.genere import GenereConfig, GenereTrainer
 
+    source = repr(config) if isinstance(config, str) else "recipe"
     if isinstance(config, str):
         with open(config) as f:
             config = yaml.safe_load(f)
@@ -230,11 +232,18 @@ def build_text_to_equation(
     if model is None:
         model = task.tiny_model_dir
         if not os.path.isfile(os.path.join(model, "config.json")):
-            build_equation_model(model, n_layer=task.tiny_n_layer, n_embd=task.tiny_n_embd, seed=args.seed)
+            build_equation_model(
+                model, n_layer=task.tiny_n_layer, n_embd=task.tiny_n_embd, n_head=task.tiny_n_head, seed=args.seed
+            )
     train = equation_dataset(task.num_real_examples, args.seed + task.data_seed_offset)
     evaluation = equation_dataset(task.num_eval_examples, args.seed + task.data_seed_offset + 1)
     trainer = GenereTrainer(
         model, resolve_generators(task.generators), args=args, train_dataset=train, eval_dataset=evaluation
+    )
+    trainer.dataset_names = ["synthetic text-to-equation task (hfcoop.genere_tasks, GENERE Sec. 3.2)"]
+    extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
+    trainer.launch_command = (
+        f'python -c "from hfcoop.genere_tasks import run_text_to_equation; run_text_to_equation({source}{extra})"'
     )
     return trainer, task
 

@@ -154,3 +154,15 @@ def test_report_to_tensorboard_writes_namespaced_scalars(tmp_path):
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
     assert {"train/loss", "train/mediator/balanced_nll", "train/cot/kl_per_token"} <= tags
+
+
+def test_train_genere_through_the_cli(tmp_path):
+    out = str(tmp_path / "genere")
+    recipe = os.path.join(ROOT, "recipes", "genere", "genere_tiny.yaml")
+    main(["train", "genere", "--config", recipe, "--dataset_name", os.path.join(DATA, "equations_train.jsonl"),
+          "--eval_dataset_name", os.path.join(DATA, "equations_test.jsonl"), "--max_steps", "4",
+          "--mle_warmup_steps", "1", "--quality_samples", "0", "--tiny_model_hidden", "32", "--output_dir", out,
+          "--disable_tqdm", "true"])  # fmt: skip
+    mixture = json.load(open(os.path.join(out, "genere_mixture.json")))
+    assert mixture["generators"][0] == "compute_words" and abs(sum(mixture["mixture_proportions"]) - 1) < 1e-6
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))

@@ -44,8 +44,8 @@ Algorithm 2 and is left out, as there.)
   for the default 4096 draws. Exposed as :attr:`GenereTrainer.mixture_proportions`, logged every optimizer step as
   ``genere/pi_<k>``, and written as ``genere_mixture.json`` next to every exported generator and checkpoint.
 - *State*: γ and µ (float64) are plain tensors on the trainer, not optimizer parameters; checkpoints hold them in
-  ``genere_state.safetensors`` and the mixing RNG (a ``random.Random`` seeded from ``args.seed``, which also
-  feeds the generators) in ``genere_rng.json``, so a resumed run continues bit-identically. No pickle.
+  ``genere_state/mixture.safetensors`` and the mixing RNG (a ``random.Random`` seeded from ``args.seed``, which also
+  feeds the generators) in ``genere_state/rng_process_<i>.json``, so a resumed run continues bit-identically. No pickle.
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ GENERE_CITATION = """@inproceedings{bouchard2016genere,
   year      = {2016}
 }"""
 
-STATE_FILE = "genere_state.safetensors"
-RNG_FILE = "genere_rng.json"
+# Checkpoint state lives in a subfolder: the base trainer loads every *.safetensors at a checkpoint's top level
+# into the generator.
+STATE_DIR = "genere_state"
+STATE_FILE = "mixture.safetensors"
 MIXTURE_FILE = "genere_mixture.json"
 
 
@@ -98,8 +100,11 @@ class GenereConfig(CooperativeConfig):
         },
     )
     generator_learning_rate: float = field(
-        default=0.02,
-        metadata={"help": "η_γ: step size of the REINFORCE update of the mixture logits γ (once per optimizer step)."},
+        default=0.03,
+        metadata={
+            "help": "η_γ: step size of the REINFORCE update of γ, once per optimizer step. Advantages are sequence "
+            "log-likelihoods in nats, so scale it down for long sequences."
+        },
     )
     baseline_smoothing: float = field(
         default=0.98,
@@ -185,7 +190,8 @@ class GenereTrainer(CooperativeTrainer):
         if args.initial_mixture_logits is None:
             self._gamma = torch.zeros(k, dtype=torch.float64)
         elif len(args.initial_mixture_logits) != k:
-            raise ValueError(f"initial_mixture_logits has {len(args.initial_mixture_logits)} values for {k} generators.")
+            n = len(args.initial_mixture_logits)
+            raise ValueError(f"initial_mixture_logits has {n} values for {k} generators.")
         else:
             self._gamma = torch.tensor(args.initial_mixture_logits, dtype=torch.float64)
         self._baseline = torch.zeros((), dtype=torch.float64)
@@ -325,7 +331,8 @@ class GenereTrainer(CooperativeTrainer):
         if active:
             inputs, generated, deltas = self._mix(inputs)
         ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
-        logits, _ = model(generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask))
+        prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        logits, _ = model(generator=self.lm_inputs(prompt_ids, prompt_mask, ids, mask))
         logprobs = token_logprobs(logits, ids)
         self.log_metric("genere/nll_per_token", -(logprobs * mask).sum() / mask.sum().clamp(min=1))
         loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
@@ -397,12 +404,14 @@ class GenereTrainer(CooperativeTrainer):
                 json.dump(self.mixture_summary(), f, indent=2)
 
     @staticmethod
-    def _rng_file(process_index: int) -> str:
-        return RNG_FILE if process_index == 0 else f"genere_rng_process_{process_index}.json"
+    def _rng_file(checkpoint_dir: str, process_index: int) -> str:
+        return os.path.join(checkpoint_dir, STATE_DIR, f"rng_process_{process_index}.json")
 
     def _write_rng(self, output_dir: str) -> None:
         version, internal, gauss_next = self._rng.getstate()
-        with open(os.path.join(output_dir, self._rng_file(self.args.process_index)), "w") as f:
+        path = self._rng_file(output_dir, self.args.process_index)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
             json.dump({"version": version, "internal": list(internal), "gauss_next": gauss_next}, f)
 
     def save_extra_state(self, output_dir: str) -> None:
@@ -411,7 +420,9 @@ class GenereTrainer(CooperativeTrainer):
             "baseline": self._baseline.reshape(1).clone(),
             "baseline_initialized": torch.tensor([int(self._baseline_initialized)], dtype=torch.int64),
         }
-        save_file(tensors, os.path.join(output_dir, STATE_FILE), metadata={"generators": json.dumps(self.generator_names)})
+        os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
+        path = os.path.join(output_dir, STATE_DIR, STATE_FILE)
+        save_file(tensors, path, metadata={"generators": json.dumps(self.generator_names)})
         self._write_rng(output_dir)  # the main process's stream; other processes write theirs in _save_rng_state
 
     def _save_rng_state(self, output_dir: str) -> None:
@@ -421,9 +432,9 @@ class GenereTrainer(CooperativeTrainer):
             self._write_rng(output_dir)
 
     def load_extra_state(self, checkpoint_dir: str) -> None:
-        path = os.path.join(checkpoint_dir, STATE_FILE)
+        path = os.path.join(checkpoint_dir, STATE_DIR, STATE_FILE)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{checkpoint_dir} has no {STATE_FILE}: it is not a GENERE checkpoint.")
+            raise FileNotFoundError(f"{checkpoint_dir} has no {STATE_DIR}/{STATE_FILE}: it is not a GENERE checkpoint.")
         state = load_file(path)
         gamma = state["mixture_logits"].to(torch.float64)
         if gamma.numel() != len(self.generators):
@@ -434,7 +445,7 @@ class GenereTrainer(CooperativeTrainer):
         self._gamma = gamma
         self._baseline = state["baseline"].to(torch.float64).reshape(())
         self._baseline_initialized = bool(state["baseline_initialized"].item())
-        rng_path = os.path.join(checkpoint_dir, self._rng_file(self.args.process_index))
+        rng_path = self._rng_file(checkpoint_dir, self.args.process_index)
         if os.path.isfile(rng_path):
             with open(rng_path) as f:
                 saved = json.load(f)
