@@ -19,21 +19,23 @@ class _TokenLogprobs(torch.autograd.Function):
 
     Why: autograd's version of this backward makes ~5 full ``(B, T, V)`` float32 passes (a zero-filled
     gather-backward buffer, ``exp(x - lse)``, the product with the incoming gradient, the sum of the two branches)
-    where 3 suffice; over the LM's vocabulary these passes were ~10% of a CoT step on CPU. The forward is the
-    same two ops as before (same values); the saved tensors are the same (the logits, ``lse``, the labels)."""
+    where 2 suffice; over the LM's vocabulary these passes were ~10% of a CoT step on CPU. The forward is the
+    same two ops as before (same values); it keeps only the logits (alive anyway) and the labels."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = logits.float()
         lse = torch.logsumexp(x, dim=-1)
-        ctx.save_for_backward(logits, labels, lse)
+        ctx.save_for_backward(logits, labels)
         return x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
-        logits, labels, lse = ctx.saved_tensors
-        grad = torch.sub(logits.float(), lse.unsqueeze(-1)).exp_().mul_(grad_out.neg().unsqueeze(-1))
+        logits, labels = ctx.saved_tensors
+        # softmax(x) rather than exp(x - lse): the fused kernel is ~3x faster than sub + exp_ on CPU (same values up
+        # to rounding).
+        grad = torch.softmax(logits.float(), dim=-1).mul_(grad_out.neg().unsqueeze(-1))
         grad.scatter_add_(-1, labels.unsqueeze(-1), grad_out.unsqueeze(-1).to(grad.dtype))
         return grad.to(logits.dtype), None
 
@@ -91,7 +93,7 @@ class _PerTokenKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g: torch.Tensor, m: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         n = g.shape[0]
-        step = n if chunk_size is None or chunk_size >= n else max(int(chunk_size), 1)
+        step = max(n if chunk_size is None or chunk_size >= n else int(chunk_size), 1)
         need_g, need_m = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.step, ctx.dtypes = step, (g.dtype, m.dtype)
         kl = torch.empty(n, dtype=torch.float32, device=g.device)
@@ -100,7 +102,7 @@ class _PerTokenKL(torch.autograd.Function):
             med_logp = F.log_softmax(m[start : start + step].float(), dim=-1)
             p_g, diff = gen_logp.exp(), gen_logp - med_logp
             kl[start : start + step] = (p_g * diff).sum(-1)
-        if step == n:  # one chunk: keep what the gradient needs, no recomputation
+        if step >= n > 0:  # one chunk: keep what the gradient needs, no recomputation
             ctx.save_for_backward(p_g, diff if need_g else None, med_logp if need_m else None, kl)
             ctx.recompute = False
         else:

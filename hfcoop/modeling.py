@@ -125,13 +125,58 @@ def sequence_inputs(
     }
 
 
-def completion_logits(model: nn.Module, inputs: dict[str, torch.Tensor], completion_length: int) -> torch.Tensor:
-    """Logits that predict each completion token, ``(B, C, V)``; only those positions go through the LM head."""
+def completion_logits(
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    completion_length: int,
+    completion_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits that predict each completion token, ``(B, C, V)``; only those positions go through the LM head.
+
+    With ``completion_mask`` (``(B, C)``, 0/1) only the masked-in tokens' logits are returned, packed row-major
+    as ``(N, V)`` with ``N = completion_mask.sum()`` (``logits[completion_mask.bool()]``, same values).
+    """
     kwargs = dict(inputs)
+    if completion_mask is not None and uses_mask_logits_to_keep(model):
+        # Why: padding after EOS / after short real completions is often a third or more of the completion block,
+        # and the LM head (hidden x vocab) is the largest matmul of a small LM's step. transformers 5 models that
+        # slice with `slice_logits_to_keep` accept a boolean (B, L) mask and project only those positions.
+        keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+        keep[:, -completion_length - 1 : -1] = completion_mask.bool()
+        kwargs["logits_to_keep"] = keep
+        logits = model(**kwargs, use_cache=False).logits
+        return logits.reshape(-1, logits.shape[-1])
     if uses_logits_to_keep(model):
         kwargs["logits_to_keep"] = completion_length + 1
     logits = model(**kwargs, use_cache=False).logits
-    return logits[:, -completion_length - 1 : -1]
+    logits = logits[:, -completion_length - 1 : -1]
+    return logits if completion_mask is None else logits[completion_mask.bool()]
+
+
+def unpack_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values of packed masked-in positions, ``(N,)``, back to ``(B, T)`` with zeros elsewhere."""
+    return values.new_zeros(mask.shape).masked_scatter(mask.bool(), values)
+
+
+_MASK_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def uses_mask_logits_to_keep(model: nn.Module) -> bool:
+    """Whether ``logits_to_keep`` may be a boolean ``(B, L)`` mask (models that slice with transformers'
+    ``slice_logits_to_keep``, i.e. nearly every causal LM of transformers 5; not remote code)."""
+    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    cls = type(base)
+    if cls not in _MASK_LOGITS_TO_KEEP:
+        try:
+            source = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            source = ""
+        _MASK_LOGITS_TO_KEEP[cls] = (
+            "logits_to_keep" in inspect.signature(cls.forward).parameters
+            and cls.__module__.startswith("transformers.")
+            and "slice_logits_to_keep(" in source
+        )
+    return _MASK_LOGITS_TO_KEEP[cls]
 
 
 class CooperativePair(nn.Module):
@@ -168,10 +213,17 @@ class CooperativePair(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         gen_out = comp_out = None
         if generator is not None:
-            gen_out = completion_logits(self.generator, generator["inputs"], generator["completion_length"])
+            gen_out = completion_logits(
+                self.generator, generator["inputs"], generator["completion_length"], generator.get("completion_mask")
+            )
         if companion is not None:
             if "completion_length" in companion:
-                comp_out = completion_logits(self.companion, companion["inputs"], companion["completion_length"])
+                comp_out = completion_logits(
+                    self.companion,
+                    companion["inputs"],
+                    companion["completion_length"],
+                    companion.get("completion_mask"),
+                )
             else:
                 comp_out = self.companion(**companion["inputs"]).logits
         return gen_out, comp_out

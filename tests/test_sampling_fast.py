@@ -68,28 +68,34 @@ def reference(model, ids, mask, config) -> tuple[torch.Tensor, torch.Tensor]:
     return completion.masked_fill(m == 0, config.pad_token_id), m
 
 
-@pytest.mark.parametrize("eos_bias", [0.0, 6.0])
+@pytest.mark.parametrize("early_eos", [False, True])
 @pytest.mark.parametrize("all_ones_mask", [False, True])
-def test_greedy_matches_generate(eos_bias, all_ones_mask):
-    model = tiny_model(eos_bias=eos_bias)
+def test_greedy_matches_generate(early_eos, all_ones_mask):
+    model = tiny_model()
     ids, mask = left_padded_prompts()
     if all_ones_mask:
         ids, mask = ids[[0, 4]], mask[[0, 4]]
-    config = GenerationConfig(do_sample=False, max_new_tokens=12, top_k=0, pad_token_id=PAD, eos_token_id=EOS)
+    eos = EOS
+    if early_eos:  # make a token that greedy decoding emits mid-sequence in row 0 the EOS: rows stop at different steps
+        probe = GenerationConfig(do_sample=False, max_new_tokens=12, top_k=0, pad_token_id=PAD, eos_token_id=EOS)
+        eos = int(reference(model, ids, mask, probe)[0][0, 3])
+    config = GenerationConfig(do_sample=False, max_new_tokens=12, top_k=0, pad_token_id=PAD, eos_token_id=eos)
     assert lean_sampling_settings(model, config) is not None
     got_ids, got_mask = sample_completions(model, ids, mask, config)
     ref_ids, ref_mask = reference(model, ids, mask, config)
     assert torch.equal(got_ids, ref_ids) and torch.equal(got_mask, ref_mask)
-    if eos_bias:  # the EOS case must really exercise early stops and pad-after-EOS
+    if early_eos:  # the EOS case must really exercise early stops and pad-after-EOS
         assert (got_mask == 0).any()
 
 
 def test_num_return_sequences_order():
     model = tiny_model()
     ids, mask = left_padded_prompts()
-    config = GenerationConfig(do_sample=False, max_new_tokens=6, top_k=0, pad_token_id=PAD, eos_token_id=EOS)
+    # top-k 1 sampling is deterministic (generate refuses num_return_sequences > 1 for greedy search)
+    config = GenerationConfig(do_sample=True, max_new_tokens=6, top_k=1, pad_token_id=PAD, eos_token_id=EOS)
     got_ids, got_mask = sample_completions(model, ids, mask, config, num_return_sequences=3)
-    ref_ids, _ = reference(model, ids, mask, config)
+    greedy = GenerationConfig(do_sample=False, max_new_tokens=6, top_k=0, pad_token_id=PAD, eos_token_id=EOS)
+    ref_ids, _ = reference(model, ids, mask, greedy)
     assert torch.equal(got_ids, ref_ids.repeat_interleave(3, dim=0))
 
 
@@ -107,9 +113,13 @@ def test_eos_rows_are_padded_and_masked():
     assert ((ends == got_ids.shape[1]) | is_eos.any(1)).all()  # a row is shorter only if it ended with EOS
 
 
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)  # generate's position ids for left padding
+
+
 def expected_first_token(model, ids, mask, temperature, top_k, top_p) -> torch.Tensor:
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, -1].float()
     warpers = LogitsProcessorList()
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
@@ -152,8 +162,8 @@ def test_second_token_follows_the_cached_conditional():
     full_ids = torch.cat([ids, first.view(1, 1)], 1)
     full_mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
     with torch.no_grad():
-        p = model(input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
-                  ).logits[0, -1].float().softmax(-1).double()  # fmt: skip
+        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask)).logits
+    p = logits[0, -1].float().softmax(-1).double()
     sigma = (p * (1 - p) / len(rows)).sqrt()
     assert len(rows) > 1000
     assert ((freq - p).abs() <= 5 * sigma + 1e-3).all()

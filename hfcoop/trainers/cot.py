@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
-from ..modeling import check_same_vocabulary, load_causal_lm
+from ..modeling import check_same_vocabulary, load_causal_lm, unpack_tokens
 from .base import CooperativeConfig, CooperativeTrainer
 
 COT_CITATION = """@inproceedings{lu2019cot,
@@ -120,8 +120,14 @@ class CoTTrainer(CooperativeTrainer):
         train_generator = self.is_generator_step()
         gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask) if train_generator else None
 
+        # Packed logits: only the masked-in tokens go through the LM heads and the full-vocabulary losses ((N, V)
+        # rows, row-major); per-token values are scattered back with zeros where the mask is 0, positions the
+        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (speed, issue 2).
+        med_part["completion_mask"] = med_mask
+        if gen_part is not None:
+            gen_part["completion_mask"] = gen_mask
         gen_logits, med_logits = model(generator=gen_part, companion=med_part)
-        med_logprobs = token_logprobs(med_logits, med_ids)
+        med_logprobs = unpack_tokens(token_logprobs(med_logits, med_ids[med_mask.bool()]), med_mask)
         loss_m = mediator_loss(med_logprobs[:batch], real_mask_w, med_logprobs[batch:], gen_mask_w)
         self.log_metric("mediator/balanced_nll", loss_m)  # Sec. 4.1.2: the live progress indicator
         self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * real_mask_w).sum(-1).mean())
@@ -130,8 +136,14 @@ class CoTTrainer(CooperativeTrainer):
             return loss_m
 
         # Generator: Eq. (14) on its own samples, against the mediator's detached distributions (line 9).
-        kl = per_token_kl(gen_logits, med_logits[batch:, :gen_len].detach(), self.args.kl_chunk_size)
-        gen_logprobs = token_logprobs(gen_logits, gen_ids) if self.args.gamma else None
+        # The generated rows' tokens are the last ones of the mediator's packed rows, in the generator's order.
+        n_gen = gen_logits.shape[0]
+        med_gen_logits = med_logits[med_logits.shape[0] - n_gen :].detach()
+        kl = per_token_kl(gen_logits.unsqueeze(0), med_gen_logits.unsqueeze(0), self.args.kl_chunk_size).squeeze(0)
+        kl = unpack_tokens(kl, gen_mask)
+        gen_logprobs = None
+        if self.args.gamma:
+            gen_logprobs = unpack_tokens(token_logprobs(gen_logits, gen_ids[gen_mask.bool()]), gen_mask)
         loss_g = cot_generator_loss(kl, gen_mask, gen_logprobs, self.args.gamma)
         self.log_metric("cot/generator_loss", loss_g)
         self.log_metric("cot/kl_per_token", (kl.detach() * gen_mask).sum() / gen_mask.sum().clamp(min=1))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..losses import mle_loss, token_logprobs
+from ..modeling import unpack_tokens
 from .base import CooperativeConfig, CooperativeTrainer
 
 
@@ -30,7 +31,11 @@ class MLETrainer(CooperativeTrainer):
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
-        logits, _ = model(generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask))
-        logprobs = token_logprobs(logits, ids)
+        part = self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask)
+        # Packed logits of the real tokens only (padding skips the LM head); zeros at masked positions, which the
+        # loss multiplies by 0 anyway: same values, less work (speed, issue 2).
+        part["completion_mask"] = mask
+        logits, _ = model(generator=part)
+        logprobs = unpack_tokens(token_logprobs(logits, ids[mask.bool()]), mask)
         self.log_metric("mle/nll_per_token", -(logprobs * mask).sum() / mask.sum().clamp(min=1))
         return mle_loss(logprobs, mask)

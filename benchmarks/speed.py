@@ -1,0 +1,495 @@
+#!/usr/bin/env python
+"""Speed benchmark (issue 2): seconds per optimizer step of hfcoop MLE / CoT against TRL SFT / on-policy distillation.
+
+    python benchmarks/speed.py                      # CPU, 1 thread, 3 x 30 measured steps per trainer: ~3-8 min
+    python benchmarks/speed.py --threads 1,0        # + a second measurement with torch's default thread count
+    python benchmarks/speed.py --device cuda --bf16 --steps 50
+    python benchmarks/speed.py --profile            # + torch.profiler tables next to the results (slower)
+
+Everything is built locally (no Hub): a word-level tokenizer trained on COCO captions and two GPT-2 models of the
+same size (4 layers x 128 hidden; the student/generator and, for TRL's distillation, a teacher), saved with
+``save_pretrained`` and loaded back by path. All four trainers see the same prompt/completion dataset (the first
+3 words of a caption are the prompt, the rest the completion), the same batch size, learning rate, optimizer and
+seed. Work is made equal where the libraries' defaults differ:
+
+- sampling trainers (hfcoop CoT, TRL distillation) sample one completion of at most ``--length`` new tokens per
+  prompt, with temperature 1, no top-k / top-p, EOS stops a row;
+- the real completions are truncated to ``--length`` tokens (hfcoop ``max_completion_length``, TRL SFT
+  ``max_length`` = longest prompt + ``--length``);
+- dropout is 0 in the model config for every trainer; activation checkpointing off everywhere (TRL configs
+  default it on); bf16 only with ``--bf16``; logging, evaluation and checkpointing are off.
+
+Timing: a ``TrainerCallback`` takes the wall time from ``on_step_begin`` to ``on_step_end`` of every optimizer
+step (the whole step: TRL's prompt tokenisation and generation happen inside it, as hfcoop's sampling does; the
+dataloader's collation happens before ``on_step_begin`` for every trainer). Each trainer runs in its own process
+(so its peak memory is its own), and the parent lets them run ``--chunk`` steps at a time in rotating
+round-robin order, so that machine load from other users affects all trainers alike. The first ``--warmup``
+steps of each trainer are excluded; the reported number is the median over the ``--steps`` measured steps, with
+the process CPU time of the same steps alongside (less sensitive to other users' load than wall time).
+
+Threads: by default each trainer runs with one torch thread (``--threads 1,0`` adds a measurement with torch's
+default count). One thread is the compute-bound view (matrix products cannot use a second core, so per-token
+Python overheads weigh least) and is far less disturbed by other processes on a shared machine: with 2 threads
+on 2 busy cores, OpenMP threads wait for each other at every op and steps can take several times their
+uncontended time. The load average before and after each measurement is printed with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TRAINERS = ["hfcoop_mle", "trl_sft", "hfcoop_cot", "trl_distillation"]
+LABELS = {
+    "hfcoop_mle": "hfcoop MLETrainer",
+    "trl_sft": "TRL SFTTrainer",
+    "hfcoop_cot": "hfcoop CoTTrainer (generator + mediator)",
+    "trl_distillation": "TRL DistillationTrainer (β=1, same-size teacher)",
+}
+DATA_FILE = "/work/shared/data/image_coco/image_coco.txt"
+PROMPT_WORDS = 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30, help="Measured optimizer steps per trainer and repeat.")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="Independent measurements (fresh processes) pooled into the table."
+    )
+    p.add_argument("--warmup", type=int, default=3, help="Warm-up steps per trainer, excluded from the median.")
+    p.add_argument("--chunk", type=int, default=3, help="Steps a trainer runs before the next trainer's turn.")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--length", type=int, default=16, help="New tokens per sampled completion (and completion budget).")
+    p.add_argument("--device", default="cpu", help="cpu or cuda.")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every trainer (GPU).")
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--vocab-size", type=int, default=5000, help="Upper bound of the word vocabulary.")
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        default="1",
+        help="Comma-separated torch CPU thread counts, one full measurement each (0: torch's default), e.g. 1,0. "
+        "1 thread is the compute-bound view that other users' load barely distorts; with 2+ threads on a busy "
+        "machine OpenMP oversubscription can dominate every step (and the run can take several times longer).",
+    )
+    p.add_argument("--profile", action="store_true", help="Also write a torch.profiler table per trainer (slower).")
+    p.add_argument("--data", default=DATA_FILE, help="One caption per line.")
+    p.add_argument("--trainers", default=",".join(TRAINERS), help="Comma-separated subset of " + ", ".join(TRAINERS))
+    p.add_argument("--workdir", default=None, help="Where the local models go (default: a temporary folder).")
+    p.add_argument(
+        "--output",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "speed.md"),
+        help="Markdown file for the results table ('' to skip).",
+    )
+    args = p.parse_args(argv)
+    args.trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    args.thread_settings = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    if args.device != "cpu":
+        args.thread_settings = args.thread_settings[:1]
+    unknown = set(args.trainers) - set(TRAINERS)
+    if unknown:
+        p.error(f"unknown trainers {sorted(unknown)}; choose from {TRAINERS}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------- assets
+def load_rows(path: str, n: int) -> tuple[list[str], list[str]]:
+    lines = [l.strip() for l in open(path, encoding="utf-8") if len(l.split()) > PROMPT_WORDS]
+    rows = lines[:n]
+    prompts = [" ".join(l.split()[:PROMPT_WORDS]) for l in rows]
+    completions = [" " + " ".join(l.split()[PROMPT_WORDS:]) for l in rows]
+    return prompts, completions
+
+
+def build_assets(args: argparse.Namespace, workdir: str) -> dict:
+    """Tokenizer + student (generator) + teacher, saved locally; returns paths and the longest prompt (tokens)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from hfcoop.tiny import build_tiny_model
+
+    corpus = [l.strip() for l in open(args.data, encoding="utf-8") if l.strip()]
+    student = os.path.join(workdir, "student")
+    teacher = os.path.join(workdir, "teacher")
+    build_tiny_model(
+        student, corpus, vocab_size=args.vocab_size, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+        n_positions=128, dropout=0.0, seed=args.seed,
+    )  # fmt: skip
+    # The teacher: same architecture and tokenizer, other initial weights.
+    model = GPT2LMHeadModel.from_pretrained(student)
+    torch.manual_seed(args.seed + 1)
+    teacher_model = GPT2LMHeadModel(model.config)
+    teacher_model.save_pretrained(teacher)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    tokenizer.save_pretrained(teacher)
+    n_rows = (args.warmup + args.steps + 2) * args.batch_size
+    prompts, completions = load_rows(args.data, n_rows)
+    max_prompt = max(len(ids) for ids in tokenizer(prompts)["input_ids"])
+    return {
+        "student": student,
+        "teacher": teacher,
+        "prompts": prompts,
+        "completions": completions,
+        "max_prompt_tokens": max_prompt,
+        "vocab": len(tokenizer),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- workers
+def _rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if platform.system() == "Darwin" else 2**10)
+
+
+def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, out_dir: str):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    dataset = Dataset.from_dict({"prompt": assets["prompts"], "completion": assets["completions"]})
+    on_cpu = args.device == "cpu"
+    common = dict(
+        output_dir=out_dir,
+        max_steps=args.warmup + args.steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="constant",
+        seed=args.seed,
+        bf16=args.bf16,
+        use_cpu=on_cpu,
+        activation_checkpointing=False,  # TRL configs default it on (as `gradient_checkpointing`): off for all
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    student, teacher = assets["student"], assets["teacher"]
+    if name.startswith("hfcoop"):
+        from hfcoop import CoTConfig, CoTTrainer, MLEConfig, MLETrainer
+
+        if name == "hfcoop_mle":
+            cfg = MLEConfig(**common, max_prompt_length=32, max_completion_length=args.length)
+            return MLETrainer(student, args=cfg, train_dataset=dataset, callbacks=[callback])
+        cfg = CoTConfig(
+            **common, max_prompt_length=32, max_completion_length=args.length, temperature=1.0, top_k=0, top_p=1.0
+        )
+        return CoTTrainer(student, args=cfg, train_dataset=dataset, callbacks=[callback])
+
+    tokenizer = AutoTokenizer.from_pretrained(student, padding_side="left")
+    if name == "trl_sft":
+        from trl import SFTConfig, SFTTrainer
+
+        cfg = SFTConfig(**common, max_length=assets["max_prompt_tokens"] + args.length)
+        return SFTTrainer(student, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    from trl import DistillationConfig, DistillationTrainer
+
+    cfg = DistillationConfig(
+        **common, max_completion_length=args.length, beta=1.0, temperature=1.0, top_k=0, top_p=1.0,
+        disable_dropout=False, log_completions=False,
+    )  # fmt: skip
+    del torch
+    return DistillationTrainer(
+        student, teacher_model=teacher, args=cfg, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[callback],
+    )  # fmt: skip
+
+
+def worker(name: str, args: argparse.Namespace, assets: dict, conn) -> None:
+    """Builds one trainer, then trains it, pausing at the step counts the parent gives until told to go on."""
+    import torch
+    from transformers import TrainerCallback
+
+    cuda = args.device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    class StepTimer(TrainerCallback):
+        """Wall time of every optimizer step; yields the machine to the other trainers at the pause points."""
+
+        def __init__(self, pauses: list[int]) -> None:
+            self.pauses = set(pauses)
+            self.times: list[float] = []
+            self.cpu_times: list[float] = []  # process CPU time per step: robust to other users' load
+            self.sampled: list[float] = []  # mean sampled completion length per step (sampling trainers)
+            self.trainer = None
+            self.t0 = 0.0
+
+        def on_train_begin(self, *a, **k):
+            conn.send(("waiting", None))
+            conn.recv()
+
+        def on_step_begin(self, *a, **k):
+            if args.profile and len(self.times) == args.warmup:
+                from torch.profiler import ProfilerActivity, profile
+
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                self.profiler = profile(activities=activities)
+                self.profiler.__enter__()
+            sync()
+            self.t0 = time.perf_counter()
+            self.c0 = time.process_time()
+
+        def on_step_end(self, *a, **k):
+            sync()
+            self.times.append(time.perf_counter() - self.t0)
+            self.cpu_times.append(time.process_time() - self.c0)
+            metrics = self.trainer._metrics["train"] if self.trainer is not None else {}
+            for key in ("cot/completion_length", "completions/mean_length"):
+                if metrics.get(key):
+                    self.sampled.append(float(metrics[key][-1]))
+            if len(self.times) in self.pauses:
+                conn.send(("paused", len(self.times)))
+                conn.recv()
+
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)  # set per measurement by main()
+        torch.manual_seed(args.seed)
+        rss_before = _rss_mib()
+        pauses = list(range(args.warmup, args.warmup + args.steps, args.chunk))
+        timer = StepTimer([p for p in pauses if p > 0])
+        with tempfile.TemporaryDirectory() as out_dir:
+            trainer = make_trainer(name, args, assets, timer, out_dir)
+            timer.trainer = trainer
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            trainer.train()
+        if args.profile and getattr(timer, "profiler", None) is not None:
+            timer.profiler.__exit__(None, None, None)
+            table = timer.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+            folder = os.path.dirname(os.path.abspath(args.output)) if args.output else "."
+            path = os.path.join(folder, f"profile_{name}_threads{torch.get_num_threads()}.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(f"{name}: torch.profiler over {args.steps} steps after warm-up\n{table}\n")
+        sampled = statistics.mean(timer.sampled) if timer.sampled else None
+        result = {
+            "times": timer.times,
+            "cpu_times": timer.cpu_times,
+            "peak_rss_mib": _peak_rss_mib(),
+            "rss_before_mib": rss_before,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+            "sampled_tokens": sampled,
+            "threads": torch.get_num_threads(),
+        }
+        conn.send(("done", result))
+    except BaseException as exc:  # report, don't hang the parent
+        import traceback
+
+        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+# ----------------------------------------------------------------------------------------------------- driver
+def run(args: argparse.Namespace, assets: dict) -> dict:
+    """One measurement: every trainer in its own process, trained in interleaved turns of ``--chunk`` steps."""
+    ctx = mp.get_context("spawn")
+    t_start = time.time()
+    procs, conns = {}, {}
+    for name in args.trainers:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(name, args, assets, child), daemon=True)
+        proc.start()
+        procs[name], conns[name] = proc, parent
+
+    def receive(name: str):
+        kind, payload = conns[name].recv()
+        if kind == "error":
+            raise RuntimeError(f"{name} failed:\n{payload}")
+        return kind, payload
+
+    # Construction (tokenisation, model loading) runs in parallel; training turns are strictly one at a time.
+    for name in args.trainers:
+        kind, _ = receive(name)
+        assert kind == "waiting", kind
+    print(f"threads {args.threads or 'default'}: trainers built in {time.time() - t_start:.0f}s", flush=True)
+    results: dict[str, dict] = {}
+    active = list(args.trainers)
+    turn = 0
+    while active:
+        order = active[turn % len(active) :] + active[: turn % len(active)]
+        for name in order:
+            conns[name].send("go")
+            kind, payload = receive(name)
+            if kind == "done":
+                results[name] = payload
+                active.remove(name)
+        turn += 1
+    for proc in procs.values():
+        proc.join(timeout=60)
+    return results
+
+
+def pool(args: argparse.Namespace, repeats: list[dict]) -> dict:
+    """The repeats' measured steps (warm-up dropped from each), concatenated per trainer, and the table's numbers."""
+    rows = {}
+    for name in repeats[0]:
+        times = [t for rep in repeats for t in rep[name]["times"][args.warmup :]]
+        cpu_times = [t for rep in repeats for t in rep[name]["cpu_times"][args.warmup :]]
+        sampled = [rep[name]["sampled_tokens"] for rep in repeats if rep[name]["sampled_tokens"] is not None]
+        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        rows[name] = {
+            "times": times,
+            "median": statistics.median(times),
+            "q1": q[0],
+            "q3": q[2],
+            "cpu": statistics.median(cpu_times),
+            "sampled_tokens": statistics.mean(sampled) if sampled else None,
+            "peak_rss_mib": max(rep[name]["peak_rss_mib"] for rep in repeats),
+            "rss_before_mib": statistics.median(rep[name]["rss_before_mib"] for rep in repeats),
+            "peak_gpu_mib": max((rep[name]["peak_gpu_mib"] or 0) for rep in repeats),
+            "threads": repeats[0][name]["threads"],
+        }
+    return rows
+
+
+def step_median(args: argparse.Namespace, repeat: dict, name: str, start: int = 0, stop: int | None = None) -> float:
+    measured = repeat[name]["times"][args.warmup :]
+    return statistics.median(measured[start:stop])
+
+
+def round_terms(args: argparse.Namespace, repeat: dict, a: str, b: str) -> list[float]:
+    """Per round of one repeat, a's median step / b's median step: the two ran back to back in that round."""
+    n = min(len(repeat[a]["times"]), len(repeat[b]["times"])) - args.warmup
+    return [
+        step_median(args, repeat, a, i, i + args.chunk) / step_median(args, repeat, b, i, i + args.chunk)
+        for i in range(0, n, args.chunk)
+    ]
+
+
+def render(args: argparse.Namespace, assets: dict, measurements: list[tuple[int, dict]], wall_s: float) -> str:
+    gpu = args.device != "cpu"
+    lines = [
+        "# Speed: seconds per optimizer step",
+        "",
+        f"`python benchmarks/speed.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        "",
+        f"GPT-2 {args.n_layer} layers × {args.n_embd} hidden ({args.n_head} heads), word vocabulary {assets['vocab']} "
+        f"({assets['params'] / 1e6:.2f}M parameters per model, built locally); batch {args.batch_size}; "
+        f"{args.length} new tokens per sampled completion; COCO captions as prompt (first {PROMPT_WORDS} words) + "
+        f"completion; device {args.device}{' bf16' if args.bf16 else ' fp32'}; medians over all measured optimizer "
+        f"steps of {args.repeats} repeats ({args.warmup} warm-up steps dropped from each), the trainers interleaved "
+        f"{args.chunk} steps at a time (each in its own process, new processes for each repeat). "
+        "Wall = `on_step_begin` → `on_step_end`; CPU = process CPU time over the same span (less sensitive to "
+        "other users' load); *paired by round* = median over rounds of the two trainers' per-round median ratio "
+        "(they ran back to back, so load drifts cancel).",
+    ]
+    for threads, summary in measurements:
+        rows, repeats = summary["rows"], summary["repeats"]
+        base = rows.get("trl_sft")
+        used = next(iter(rows.values()))["threads"] if rows else "?"
+        label = "torch default" if not threads else "pinned"
+        lines += [
+            "",
+            f"## {used} torch thread{'s' if used != 1 else ''} per trainer ({label})",
+            "",
+            f"{len(repeats)} repeats × {args.steps} measured steps per trainer. 1-minute load average of the machine "
+            f"({os.cpu_count()} CPUs) before each repeat and at the end: "
+            + ", ".join(f"{x:.1f}" for x in summary["load"])
+            + ".",
+            "",
+            "| trainer | median s/step (wall) | IQR (s) | × TRL SFT | median CPU s/step | × TRL SFT (CPU) | "
+            "sampled tokens/row | peak RSS (MiB) | Δ RSS over imports (MiB) |" + (" peak GPU (MiB) |" if gpu else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
+        ]
+        for name in TRAINERS:
+            if name not in rows:
+                continue
+            r = rows[name]
+            rel = f"{r['median'] / base['median']:.2f}" if base else "–"
+            rel_cpu = f"{r['cpu'] / base['cpu']:.2f}" if base else "–"
+            sampled = f"{r['sampled_tokens']:.1f}" if r["sampled_tokens"] is not None else "–"
+            line = (
+                f"| {LABELS[name]} | {r['median']:.4f} | {r['q1']:.4f}–{r['q3']:.4f} | {rel} | {r['cpu']:.4f} | "
+                f"{rel_cpu} | {sampled} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_before_mib']:.0f} |"
+            )
+            if gpu:
+                line += f" {r['peak_gpu_mib']:.0f} |"
+            lines.append(line)
+        lines += [
+            "",
+            "| ratio | wall (ratio of medians) | CPU (ratio of medians) | wall, paired by round | wall, each repeat "
+            "| target | met (wall) |",
+            "|---|---:|---:|---:|---|---:|---|",
+        ]
+        for text, a, b, target in TARGETS:
+            if a in rows and b in rows:
+                wall = rows[a]["median"] / rows[b]["median"]
+                cpu = rows[a]["cpu"] / rows[b]["cpu"]
+                paired = statistics.median(t for rep in repeats for t in round_terms(args, rep, a, b))
+                each = ", ".join(f"{step_median(args, rep, a) / step_median(args, rep, b):.2f}" for rep in repeats)
+                met = "yes" if wall <= target else "no"
+                lines.append(f"| {text} | {wall:.2f} | {cpu:.2f} | {paired:.2f} | {each} | ≤ {target} | {met} |")
+    lines += [
+        "",
+        "Equal work: one sampled completion per prompt for both sampling trainers (temperature 1, no top-k/top-p, "
+        "EOS stops a row; the *sampled tokens/row* column checks it), real completions cut to the same budget, "
+        "dropout 0, activation checkpointing off (TRL's configs turn it on by default), same optimizer (AdamW), "
+        "learning rate, batch and seed; logging, evaluation and saving off. Peak RSS is each trainer process's "
+        "maximum resident set (model, optimizer, data, libraries); Δ subtracts the RSS after imports.",
+        "",
+        f"Total wall time {wall_s:.0f} s (building the models and trainers included).",
+    ]
+    if args.profile:
+        lines += ["", "Measured under torch.profiler (`--profile`): times include the profiler's overhead."]
+    return "\n".join(lines) + "\n"
+
+
+TARGETS = [
+    ("hfcoop CoT / TRL distillation", "hfcoop_cot", "trl_distillation", 0.9),
+    ("hfcoop MLE / TRL SFT", "hfcoop_mle", "trl_sft", 1.05),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    t_start = time.time()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="hfcoop_speed_")
+    assets = build_assets(args, workdir)
+    print(f"assets in {workdir}: vocab {assets['vocab']}, {assets['params'] / 1e6:.2f}M parameters", flush=True)
+    measurements = []
+    for threads in args.thread_settings:
+        run_args = argparse.Namespace(**{**vars(args), "threads": threads})
+        loads, repeats = [], []
+        for _ in range(args.repeats):
+            loads.append(os.getloadavg()[0])
+            repeats.append(run(run_args, assets))
+        loads.append(os.getloadavg()[0])
+        measurements.append((threads, {"rows": pool(args, repeats), "repeats": repeats, "load": loads}))
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = render(args, assets, measurements, time.time() - t_start)
+    print(text)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
