@@ -263,7 +263,7 @@ def load_module_weights(module: nn.Module, directory: str) -> None:
         with open(index) as f:
             files = sorted({os.path.join(directory, v) for v in json.load(f)["weight_map"].values()})
     else:
-        files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+        files = sorted(glob.glob(os.path.join(directory, "model*.safetensors")))  # not state saved beside it
     if not files:
         raise FileNotFoundError(f"No safetensors weights in {directory}: this is not a hfcoop checkpoint.")
     state: dict[str, torch.Tensor] = {}
