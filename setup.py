@@ -22,7 +22,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk"]  # nltk: reference BLEU in tests,
+        "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk"],  # nltk: reference BLEU in tests
         "deepspeed": ["deepspeed>=0.16"],
     },
     entry_points={"console_scripts": ["hfcoop=hfcoop.cli:main"]},
