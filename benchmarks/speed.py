@@ -1,19 +1,24 @@
 #!/usr/bin/env python
-"""Speed benchmark (issue 2): seconds per optimizer step of hfcoop MLE / CoT against TRL SFT / on-policy distillation.
+"""Speed benchmark (issue 2): seconds per optimizer step of hfcoop MLE / CoT / ψ-MLE / GCN against TRL SFT /
+on-policy distillation / GRPO.
 
     python benchmarks/speed.py                      # CPU, 1 thread, 3 x 30 measured steps per trainer: ~3-8 min
     python benchmarks/speed.py --threads 1,0        # + a second measurement with torch's default thread count
     python benchmarks/speed.py --device cuda --bf16 --steps 50
     python benchmarks/speed.py --profile            # + torch.profiler tables next to the results (slower)
+    python benchmarks/speed.py --scaling            # + base / batch x2 / length x2 table (s/step, peak RSS): ~6 min
 
 Everything is built locally (no Hub): a word-level tokenizer trained on COCO captions and two GPT-2 models of the
-same size (4 layers x 128 hidden; the student/generator and, for TRL's distillation, a teacher), saved with
+same size (4 layers x 128 hidden; the student/generator and, for TRL's distillation, a teacher), plus a
+``GPT2ForSequenceClassification`` (num_labels=1) of that size as GRPO's reward model, saved with
 ``save_pretrained`` and loaded back by path. All four trainers see the same prompt/completion dataset (the first
 3 words of a caption are the prompt, the rest the completion), the same batch size, learning rate, optimizer and
 seed. Work is made equal where the libraries' defaults differ:
 
-- sampling trainers (hfcoop CoT, TRL distillation) sample one completion of at most ``--length`` new tokens per
-  prompt, with temperature 1, no top-k / top-p, EOS stops a row;
+- sampling trainers (hfcoop CoT / ψ-MLE, TRL distillation) sample one completion of at most ``--length`` new
+  tokens per prompt, with temperature 1, no top-k / top-p, EOS stops a row; hfcoop GCN (``num_candidates``) and
+  TRL GRPO (``num_generations``) sample ``--group-size`` completions for each of ``batch / group-size`` prompts,
+  so every sampling trainer samples ``--batch-size`` completions per step;
 - the real completions are truncated to ``--length`` tokens (hfcoop ``max_completion_length``, TRL SFT
   ``max_length`` = longest prompt + ``--length``);
 - dropout is 0 in the model config for every trainer; activation checkpointing off everywhere (TRL configs
@@ -50,13 +55,21 @@ import time
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TRAINERS = ["hfcoop_mle", "trl_sft", "hfcoop_cot", "trl_distillation"]
+TRAINERS = [
+    "hfcoop_mle", "trl_sft", "hfcoop_cot", "trl_distillation", "hfcoop_psi_mle", "hfcoop_gcn", "trl_grpo",
+]  # fmt: skip
 LABELS = {
     "hfcoop_mle": "hfcoop MLETrainer",
     "trl_sft": "TRL SFTTrainer",
     "hfcoop_cot": "hfcoop CoTTrainer (generator + mediator)",
     "trl_distillation": "TRL DistillationTrainer (β=1, same-size teacher)",
+    "hfcoop_psi_mle": "hfcoop PsiMLETrainer (ratio model from the generator)",
+    "hfcoop_gcn": "hfcoop GCNTrainer (sampler=model, G candidates)",
+    "trl_grpo": "TRL GRPOTrainer (G generations, same-size reward model, β=0)",
 }
+# Trainers whose batch is counted in prompts, each sampled --group-size times (the others sample one per prompt;
+# GRPO's batch is counted in completions): all three then see batch_size / G prompts and batch_size completions.
+GROUPED = {"hfcoop_gcn"}
 DATA_FILE = "/work/shared/data/image_coco/image_coco.txt"
 PROMPT_WORDS = 3
 
@@ -71,6 +84,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=3, help="Steps a trainer runs before the next trainer's turn.")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--length", type=int, default=16, help="New tokens per sampled completion (and completion budget).")
+    p.add_argument(
+        "--group-size", type=int, default=4,
+        help="G: completions per prompt for GCN (num_candidates) and GRPO (num_generations); both get --batch-size "
+        "completions per step (batch-size / G prompts).",
+    )  # fmt: skip
+    p.add_argument(
+        "--scaling", action="store_true",
+        help="Also measure every trainer at the base setting, batch x2 and length x2 (median s/step, peak RSS).",
+    )  # fmt: skip
+    p.add_argument("--scaling-steps", type=int, default=6, help="Measured steps per trainer and setting (--scaling).")
     p.add_argument("--device", default="cpu", help="cpu or cuda.")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every trainer (GPU).")
     p.add_argument("--n-layer", type=int, default=4)
@@ -103,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.trainers) - set(TRAINERS)
     if unknown:
         p.error(f"unknown trainers {sorted(unknown)}; choose from {TRAINERS}")
+    if args.batch_size % args.group_size:
+        p.error("--batch-size must be a multiple of --group-size")
     return args
 
 
@@ -116,9 +141,9 @@ def load_rows(path: str, n: int) -> tuple[list[str], list[str]]:
 
 
 def build_assets(args: argparse.Namespace, workdir: str) -> dict:
-    """Tokenizer + student (generator) + teacher, saved locally; returns paths and the longest prompt (tokens)."""
+    """Tokenizer + student (generator) + teacher + reward model, saved locally; returns paths and the longest prompt."""
     import torch
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     from hfcoop.tiny import build_tiny_model
 
@@ -136,12 +161,22 @@ def build_assets(args: argparse.Namespace, workdir: str) -> dict:
     teacher_model.save_pretrained(teacher)
     tokenizer = AutoTokenizer.from_pretrained(student)
     tokenizer.save_pretrained(teacher)
-    n_rows = (args.warmup + args.steps + 2) * args.batch_size
+    # GRPO's reward model: GPT-2 of the same size with a single-logit head (num_labels=1), loaded by path.
+    reward = os.path.join(workdir, "reward")
+    torch.manual_seed(args.seed + 2)
+    fields = {k: v for k, v in model.config.to_dict().items() if k not in ("id2label", "label2id")}
+    reward_config = model.config.__class__(**fields, num_labels=1)
+    reward_config.pad_token_id = tokenizer.pad_token_id
+    GPT2ForSequenceClassification(reward_config).save_pretrained(reward)
+    tokenizer.save_pretrained(reward)
+    steps = max(args.warmup + args.steps, args.warmup + args.scaling_steps * 2 if args.scaling else 0)
+    n_rows = (steps + 2) * args.batch_size * 2
     prompts, completions = load_rows(args.data, n_rows)
     max_prompt = max(len(ids) for ids in tokenizer(prompts)["input_ids"])
     return {
         "student": student,
         "teacher": teacher,
+        "reward": reward,
         "prompts": prompts,
         "completions": completions,
         "max_prompt_tokens": max_prompt,
@@ -188,17 +223,26 @@ def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, ou
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    if name in GROUPED:
+        common["per_device_train_batch_size"] = args.batch_size // args.group_size
     student, teacher = assets["student"], assets["teacher"]
+    sampling = dict(temperature=1.0, top_k=0, top_p=1.0)  # plain sampling for every sampling trainer
     if name.startswith("hfcoop"):
-        from hfcoop import CoTConfig, CoTTrainer, MLEConfig, MLETrainer
+        import hfcoop
 
-        if name == "hfcoop_mle":
-            cfg = MLEConfig(**common, max_prompt_length=32, max_completion_length=args.length)
-            return MLETrainer(student, args=cfg, train_dataset=dataset, callbacks=[callback])
-        cfg = CoTConfig(
-            **common, max_prompt_length=32, max_completion_length=args.length, temperature=1.0, top_k=0, top_p=1.0
-        )
-        return CoTTrainer(student, args=cfg, train_dataset=dataset, callbacks=[callback])
+        # name -> (trainer, config, extra config fields); the companion model (mediator, ratio model,
+        # discriminator) is each trainer's default: built from the generator.
+        trainer_cls, config_cls, extra = {
+            "hfcoop_mle": (hfcoop.MLETrainer, hfcoop.MLEConfig, {}),
+            "hfcoop_cot": (hfcoop.CoTTrainer, hfcoop.CoTConfig, sampling),
+            "hfcoop_psi_mle": (hfcoop.PsiMLETrainer, hfcoop.PsiMLEConfig, sampling),
+            "hfcoop_gcn": (
+                hfcoop.GCNTrainer, hfcoop.GCNConfig,
+                {**sampling, "sampler": "model", "num_candidates": args.group_size},
+            ),
+        }[name]  # fmt: skip
+        cfg = config_cls(**common, max_prompt_length=32, max_completion_length=args.length, **extra)
+        return trainer_cls(student, args=cfg, train_dataset=dataset, callbacks=[callback])
 
     tokenizer = AutoTokenizer.from_pretrained(student, padding_side="left")
     if name == "trl_sft":
@@ -206,13 +250,25 @@ def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, ou
 
         cfg = SFTConfig(**common, max_length=assets["max_prompt_tokens"] + args.length)
         return SFTTrainer(student, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    del torch
+    if name == "trl_grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        # beta is left at its trl 1.x default 0.0 (no reference model); per_device_train_batch_size counts
+        # completions: batch_size / G prompts x G generations, the same completions per step as GCN.
+        cfg = GRPOConfig(
+            **common, max_completion_length=args.length, num_generations=args.group_size, **sampling,
+            disable_dropout=False, log_completions=False,
+        )  # fmt: skip
+        return GRPOTrainer(
+            student, reward_funcs=assets["reward"], args=cfg, train_dataset=dataset, processing_class=tokenizer,
+            callbacks=[callback],
+        )  # fmt: skip
     from trl import DistillationConfig, DistillationTrainer
 
     cfg = DistillationConfig(
-        **common, max_completion_length=args.length, beta=1.0, temperature=1.0, top_k=0, top_p=1.0,
-        disable_dropout=False, log_completions=False,
+        **common, max_completion_length=args.length, beta=1.0, **sampling, disable_dropout=False, log_completions=False,
     )  # fmt: skip
-    del torch
     return DistillationTrainer(
         student, teacher_model=teacher, args=cfg, train_dataset=dataset, processing_class=tokenizer,
         callbacks=[callback],
@@ -261,9 +317,10 @@ def worker(name: str, args: argparse.Namespace, assets: dict, conn) -> None:
             self.times.append(time.perf_counter() - self.t0)
             self.cpu_times.append(time.process_time() - self.c0)
             metrics = self.trainer._metrics["train"] if self.trainer is not None else {}
-            for key in ("cot/completion_length", "completions/mean_length"):
-                if metrics.get(key):
-                    self.sampled.append(float(metrics[key][-1]))
+            for key, values in metrics.items():
+                plain = key.endswith("/completion_length") and "mcts" not in key
+                if values and (plain or key == "completions/mean_length"):
+                    self.sampled.append(float(values[-1]))
             if len(self.times) in self.pauses:
                 conn.send(("paused", len(self.times)))
                 conn.recv()
@@ -382,7 +439,9 @@ def round_terms(args: argparse.Namespace, repeat: dict, a: str, b: str) -> list[
     ]
 
 
-def render(args: argparse.Namespace, assets: dict, measurements: list[tuple[int, dict]], wall_s: float) -> str:
+def render(
+    args: argparse.Namespace, assets: dict, measurements: list[tuple[int, dict]], wall_s: float, scaling=None
+) -> str:
     gpu = args.device != "cpu"
     lines = [
         "# Speed: seconds per optimizer step",
@@ -447,22 +506,89 @@ def render(args: argparse.Namespace, assets: dict, measurements: list[tuple[int,
                 lines.append(f"| {text} | {wall:.2f} | {cpu:.2f} | {paired:.2f} | {each} | ≤ {target} | {met} |")
     lines += [
         "",
-        "Equal work: one sampled completion per prompt for both sampling trainers (temperature 1, no top-k/top-p, "
-        "EOS stops a row; the *sampled tokens/row* column checks it), real completions cut to the same budget, "
-        "dropout 0, activation checkpointing off (TRL's configs turn it on by default), same optimizer (AdamW), "
+        "Equal work: one sampled completion per prompt for CoT / ψ-MLE / distillation, G for GCN / GRPO "
+        "(temperature 1, no top-k/top-p, EOS stops a row; the *sampled tokens/row* column checks it), real "
+        "completions cut to the same budget, dropout 0, activation checkpointing off (TRL's configs turn it on by "
+        "default), same optimizer (AdamW), "
         "learning rate, batch and seed; logging, evaluation and saving off. Peak RSS is each trainer process's "
         "maximum resident set (model, optimizer, data, libraries); Δ subtracts the RSS after imports.",
+        "",
+        f"GCN / ψ-MLE / GRPO matching: G = {args.group_size}. Each step of hfcoop GCN (`sampler='model'`, "
+        f"`num_candidates={args.group_size}`, batch {args.batch_size // args.group_size} prompts) and of TRL GRPO "
+        f"(`num_generations={args.group_size}`, `per_device_train_batch_size={args.batch_size}` completions = "
+        f"{args.batch_size // args.group_size} prompts) samples {args.batch_size} completions; hfcoop ψ-MLE "
+        f"(PsiMLEConfig defaults, ratio model built from the generator) samples one completion for each of its "
+        f"{args.batch_size} prompts, so also {args.batch_size} per step (and trains on as many real completions). "
+        "GCN's discriminator and ψ-MLE's ratio model are trained every step (forward + backward); GRPO's reward "
+        "model (GPT2ForSequenceClassification, num_labels=1, same size, loaded by path) only scores. GRPO keeps "
+        "trl 1.x's default `beta=0.0` (no reference model) and its default loss (`dapo`), one generation per "
+        "optimizer step (`steps_per_generation` = gradient accumulation = 1, `num_iterations=1`).",
         "",
         f"Total wall time {wall_s:.0f} s (building the models and trainers included).",
     ]
     if args.profile:
         lines += ["", "Measured under torch.profiler (`--profile`): times include the profiler's overhead."]
+    if scaling:
+        lines += render_scaling(args, scaling)
     return "\n".join(lines) + "\n"
+
+
+def scaling_settings(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
+    """The base setting, batch x2 and length x2: one short interleaved measurement each (--scaling)."""
+    short = dict(steps=args.scaling_steps, repeats=1, threads=args.thread_settings[0], profile=False)
+    return [
+        (label, argparse.Namespace(**{**vars(args), **short, **change}))
+        for label, change in [
+            ("base", {}),
+            ("batch ×2", {"batch_size": 2 * args.batch_size}),
+            ("length ×2", {"length": 2 * args.length}),
+        ]
+    ]
+
+
+def measure_scaling(args: argparse.Namespace, assets: dict) -> list[tuple[str, argparse.Namespace, dict]]:
+    out = []
+    for label, run_args in scaling_settings(args):
+        print(f"scaling: {label}", flush=True)
+        out.append((label, run_args, pool(run_args, [run(run_args, assets)])))
+    return out
+
+
+def render_scaling(args: argparse.Namespace, scaling: list[tuple[str, argparse.Namespace, dict]]) -> list[str]:
+    head = " | ".join(f"{label}: s/step | {label}: peak RSS (MiB)" for label, _, _ in scaling)
+    settings = "; ".join(f"{label} = batch {a.batch_size}, {a.length} new tokens" for label, a, _ in scaling)
+    lines = [
+        "",
+        "## Scaling (`--scaling`)",
+        "",
+        f"{settings}. One interleaved measurement per setting: {args.scaling_steps} measured steps per trainer after "
+        f"{args.warmup} warm-up steps, {scaling[0][1].threads or 'default'} torch thread(s); median wall s/step, "
+        "(× the trainer's own base time), and the process's peak RSS. Batch counts prompts for one-sample "
+        "trainers and completions for GCN / GRPO (G fixed), as above. Length ×2 doubles the sampled completions; the "
+        "real completions (teacher-forced by MLE / SFT) are COCO captions of ~9 tokens, mostly under either budget, "
+        "so it barely changes MLE's and SFT's work.",
+        "",
+        f"| trainer | {head} |",
+        "|---|" + "---:|" * (2 * len(scaling)),
+    ]
+    for name in TRAINERS:
+        if name not in scaling[0][2]:
+            continue
+        base = scaling[0][2][name]["median"]
+        cells = []
+        for label, _, rows in scaling:
+            r = rows[name]
+            rel = "" if label == "base" else f" ({r['median'] / base:.2f}×)"
+            cells.append(f"{r['median']:.4f}{rel} | {r['peak_rss_mib']:.0f}")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 TARGETS = [
     ("hfcoop CoT / TRL distillation", "hfcoop_cot", "trl_distillation", 0.9),
     ("hfcoop MLE / TRL SFT", "hfcoop_mle", "trl_sft", 1.05),
+    ("hfcoop GCN / TRL GRPO", "hfcoop_gcn", "trl_grpo", 1.0),
+    ("hfcoop ψ-MLE / TRL GRPO", "hfcoop_psi_mle", "trl_grpo", 1.3),
 ]
 
 
@@ -481,9 +607,10 @@ def main(argv: list[str] | None = None) -> None:
             repeats.append(run(run_args, assets))
         loads.append(os.getloadavg()[0])
         measurements.append((threads, {"rows": pool(args, repeats), "repeats": repeats, "load": loads}))
+    scaling = measure_scaling(args, assets) if args.scaling else None
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = render(args, assets, measurements, time.time() - t_start)
+    text = render(args, assets, measurements, time.time() - t_start, scaling)
     print(text)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
