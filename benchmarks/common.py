@@ -1,0 +1,175 @@
+"""Shared helpers of the two quality benchmarks (``oracle_turing_test.py``, ``coco_quality.py``).
+
+Everything here drives hfcoop through its public API, as a user would: build a GPT-2 with ``transformers``, save
+it, and hand the path to ``XConfig`` + ``XTrainer``. Only the bookkeeping around the runs lives here: the
+trainers table, timed training phases, periodic evaluation callbacks, markdown tables, the git state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from typing import Any, Callable
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from transformers import TrainerCallback
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+ALGORITHMS = ("MLE", "CoT", "ψ-MLE", "GCN")
+
+
+def setup(threads: int, device: str) -> None:
+    """Thread count (1 by default: the CPU machines are shared) and quiet logging."""
+    from transformers import logging as hf_logging
+
+    if device == "cpu":
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    hf_logging.set_verbosity_error()
+    import datasets
+
+    datasets.disable_progress_bars()
+
+
+def trainer_classes(name: str) -> tuple[type, type]:
+    """(Config, Trainer) of an algorithm of :data:`ALGORITHMS` (or "CoT (scratch)" etc.)."""
+    from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, MLEConfig, MLETrainer, PsiMLEConfig, PsiMLETrainer
+
+    base = name.split(" ")[0]
+    return {
+        "MLE": (MLEConfig, MLETrainer),
+        "CoT": (CoTConfig, CoTTrainer),
+        "ψ-MLE": (PsiMLEConfig, PsiMLETrainer),
+        "GCN": (GCNConfig, GCNTrainer),
+    }[base]
+
+
+def make_config(name: str, shared: dict[str, Any], algorithm: dict[str, dict[str, Any]]) -> Any:
+    """``XConfig(**shared, **algorithm[base name])``, keeping only fields the config has."""
+    config_cls, _ = trainer_classes(name)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    extra = {k: v for k, v in algorithm.get(name.split(" ")[0], {}).items() if k in fields}
+    return config_cls(**shared, **extra)
+
+
+class PeriodicEval(TrainerCallback):
+    """Calls ``fn(generator) -> dict`` every ``every`` optimizer steps (and at the start / end), in eval mode and
+    without touching the training RNG; results land in ``self.history`` as ``{"step": s, **fn(...)}``."""
+
+    def __init__(
+        self, fn: Callable[[torch.nn.Module], dict[str, float]], every: int, offset: int = 0, at_start: bool = True
+    ) -> None:
+        self.fn, self.every, self.offset, self.at_start = fn, every, offset, at_start
+        self.history: list[dict[str, float]] = []
+        self.seconds = 0.0
+
+    def _run(self, model: torch.nn.Module, step: int) -> None:
+        if self.history and self.history[-1]["step"] == step + self.offset:
+            return
+        start = time.perf_counter()
+        generator = getattr(model, "generator", model)
+        was_training = generator.training
+        generator.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            record = self.fn(generator)
+        generator.train(was_training)
+        self.history.append({"step": step + self.offset, **record})
+        self.seconds += time.perf_counter() - start
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if self.every and self.at_start and model is not None:
+            self._run(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if self.every and model is not None and state.global_step % self.every == 0:
+            self._run(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        if self.every and model is not None:
+            self._run(model, state.global_step)
+
+
+def train(
+    name: str,
+    model_path: str,
+    train_dataset: Any,
+    config: Any,
+    callbacks: list[TrainerCallback] | None = None,
+    companion: Any = None,
+) -> tuple[Any, float]:
+    """Builds ``XTrainer(model_path, [companion,] args=config, train_dataset=...)``, trains it, returns
+    (trainer, training seconds excluding the callbacks' evaluation time)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    _, trainer_cls = trainer_classes(name)
+    if name.split(" ")[0] == "MLE":
+        trainer = trainer_cls(model_path, args=config, train_dataset=train_dataset, callbacks=callbacks)
+    else:
+        trainer = trainer_cls(model_path, companion, args=config, train_dataset=train_dataset, callbacks=callbacks)
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    seconds -= sum(getattr(cb, "seconds", 0.0) for cb in callbacks or [])
+    return trainer, seconds
+
+
+def count_parameters(module: torch.nn.Module | None) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    if module is None:
+        return 0
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def last_logged(trainer: Any, prefix: str) -> dict[str, float]:
+    """The last logged value of every metric whose name starts with ``prefix``."""
+    out: dict[str, float] = {}
+    for entry in trainer.state.log_history:
+        for key, value in entry.items():
+            if key.startswith(prefix) and isinstance(value, (int, float)):
+                out[key] = float(value)
+    return out
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+        return "—" if v is None else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def git_state() -> str:
+    """HEAD and the modified tracked files of the working tree the benchmark ran against."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", ROOT, "diff", "--name-only", "HEAD"], capture_output=True, text=True,
+                               check=True).stdout.split()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else " (clean)")
+
+
+def environment_line(device: str, threads: int) -> str:
+    import platform
+
+    import transformers
+
+    where = f"{device}" + (f", {threads} thread(s), {os.cpu_count()} CPU cores on the machine" if device == "cpu" else "")
+    if device.startswith("cuda") and torch.cuda.is_available():
+        where += f" ({torch.cuda.get_device_name()})"
+    return (f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}; "
+            f"{where}; code: {git_state()}")  # fmt: skip
