@@ -29,8 +29,6 @@ Results: ``benchmarks/results/coco_quality[_quick].md`` and ``.png``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import sys
@@ -106,39 +104,15 @@ def quality(samples: list[str], references: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CPU budget: " + json.dumps(QUICK))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--algorithms", nargs="+", default=list(common.ALGORITHMS), choices=list(common.ALGORITHMS))
-    p.add_argument("--pretrain-steps", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--n-head", type=int)
+    p = common.argument_parser(__doc__, QUICK)
     p.add_argument("--samples", type=int, help="generated captions scored at T=1")
     p.add_argument("--sweep-samples", type=int, help="generated captions per other temperature")
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--temperatures", type=float, nargs="+")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=os.path.join(common.SHARED_DATA, "image_coco"))
-    p.add_argument("--out", default=common.RESULTS)
-    a = p.parse_args(argv)
-    budget = QUICK if a.quick else FULL
-    for key, value in budget.items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    if 1.0 not in a.temperatures:
-        a.temperatures = sorted(a.temperatures + [1.0])
-    common.setup(a.threads, a.device)
+    a = common.parse_arguments(p, argv, QUICK, FULL)
     t_start = time.perf_counter()
 
     from datasets import Dataset
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hfcoop.metrics import reference_nll
 
@@ -150,16 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     def curve_point(generator) -> dict[str, float]:
         return {"nll_test": reference_nll(generator, tokenizer, curve_texts, batch_size=250)["nll_per_token"]}
 
-    shared = dict(
-        per_device_train_batch_size=a.batch_size, max_completion_length=MAX_LEN, lr_scheduler_type="constant",
-        weight_decay=0.0, save_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
-        use_cpu=a.device == "cpu", bf16=a.bf16, seed=a.seed, data_seed=a.seed, dataloader_num_workers=0,
-    )  # fmt: skip
-    per_algorithm = {
-        "CoT": dict(mediator_steps=1, gamma=0.0),
-        "ψ-MLE": dict(mixture_weight=0.5, bregman_f="logistic", ratio_target="mixture", flatten_alpha=1.0),
-        "GCN": dict(weighting="d", sampler="model", num_candidates=1, mle_weight=0.0),
-    }
+    shared, per_algorithm = common.training_settings(a, MAX_LEN)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         init = build_generator(os.path.join(tmp, "init"), train_texts + test_texts, a.n_layer, a.n_embd, a.n_head,
@@ -170,16 +135,14 @@ def main(argv: list[str] | None = None) -> None:
         rng = random.Random(a.seed)
         train_row = quality([split(t) for t in rng.sample(train_texts, a.samples)], references)
 
-        cb = common.PeriodicEval(curve_point, a.eval_every)
-        config = common.make_config("MLE", dict(shared, output_dir=os.path.join(tmp, "pre"), max_steps=a.pretrain_steps,
-                                                learning_rate=a.pretrain_lr), {})  # fmt: skip
-        trainer, pre_seconds = common.train("MLE", init, train_ds, config, [cb])
-        pretrained = os.path.join(tmp, "pretrained")
-        trainer.save_model(pretrained)
-        gen_params = common.count_parameters(trainer.pair.generator)
-        pre_curve = cb.history
-        print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
-        del trainer
+        gen_params = common.count_parameters(AutoModelForCausalLM.from_pretrained(init))
+        pretrained, pre_seconds, pre_curve = init, 0.0, []
+        if a.pretrain_steps:
+            pretrained, pre_seconds, pre_curve = common.pretrain(
+                init, os.path.join(tmp, "pretrained"), a.pretrain_steps, a.pretrain_lr, shared, train_ds, curve_point,
+                a.eval_every,
+            )  # fmt: skip
+            print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
 
         for name in a.algorithms:
             cb = common.PeriodicEval(curve_point, a.eval_every, offset=a.pretrain_steps, at_start=False)
@@ -212,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(a, results, train_row, gen_params, pre_seconds, vocab, total) -> None:
     os.makedirs(a.out, exist_ok=True)
-    stem = "coco_quality" + ("_quick" if a.quick else "")
+    stem = common.result_stem("coco_quality", a)
     headers = (["model", "params G (+companion)", "train s (s/step)"] + [f"BLEU-{n}" for n in ORDERS]
                + [f"Self-BLEU-{n}" for n in ORDERS] + ["NLL_test", "mean length"])  # fmt: skip
 
@@ -248,7 +211,7 @@ def report(a, results, train_row, gen_params, pre_seconds, vocab, total) -> None
         f"Metrics at T=1 on {a.samples} samples: BLEU-n against all 10,000 test captions and Self-BLEU-n among the "
         "samples (sentence BLEU, uniform weights, smoothing method 1, word/punctuation tokens; Texygen), "
         "NLL_test = nats per token (EOS included) of all test captions. Self-BLEU grows with the number of samples, "
-        "so compare rows of one table (the training-data row uses as many captions).",
+        "so compare rows of one table (the training-data row uses as many captions)." + common.companion_protocol(a),
         "",
         table,
         "",

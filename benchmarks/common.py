@@ -7,7 +7,9 @@ trainers table, timed training phases, periodic evaluation callbacks, markdown t
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import time
@@ -37,6 +39,94 @@ def setup(threads: int, device: str) -> None:
     import datasets
 
     datasets.disable_progress_bars()
+
+
+def argument_parser(doc: str, quick: dict[str, Any], lr: float = 1e-3, pretrain_lr: float = 3e-3) -> argparse.ArgumentParser:
+    """The options every quality benchmark shares (budget, optimisation, companions); ``None`` = the budget's."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU budget: " + json.dumps(quick))
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for training (GPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (machines are shared)")
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    p.add_argument("--pretrain-steps", type=int, help="shared MLE pretraining steps (0: every run starts from init)")
+    p.add_argument("--steps", type=int, help="algorithm steps after the MLE pretraining")
+    p.add_argument("--batch-size", type=int, default=64, help="real sequences per step (SeqGAN: 64)")
+    p.add_argument("--lr", type=float, default=lr, help="Adam lr of generator and companion, algorithm phase")
+    p.add_argument("--pretrain-lr", type=float, default=pretrain_lr, help="Adam lr of the MLE pretraining")
+    p.add_argument("--n-layer", type=int)
+    p.add_argument("--n-embd", type=int)
+    p.add_argument("--n-head", type=int)
+    p.add_argument("--eval-every", type=int, help="steps between training-curve points (0: none)")
+    p.add_argument("--temperatures", type=float, nargs="+")
+    p.add_argument("--companion-warmup", type=int, default=0,
+                   help="companion_warmup_steps of CoT / ψ-MLE / GCN (counted inside --steps: equal budget)")
+    p.add_argument("--companion-lr", type=float, help="learning rate of every companion (default: --lr)")
+    p.add_argument("--tag", default="", help="suffix of the result files (investigation runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=RESULTS)
+    return p
+
+
+def parse_arguments(
+    p: argparse.ArgumentParser, argv: list[str] | None, quick: dict[str, Any], full: dict[str, Any]
+) -> argparse.Namespace:
+    """Parses, fills unset options from the budget, always evaluates T = 1, and sets threads and logging."""
+    a = p.parse_args(argv)
+    for key, value in (quick if a.quick else full).items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    if 1.0 not in a.temperatures:
+        a.temperatures = sorted(a.temperatures + [1.0])
+    setup(a.threads, a.device)
+    return a
+
+
+def result_stem(name: str, a: argparse.Namespace) -> str:
+    return name + ("_quick" if a.quick else "") + (f"_{a.tag}" if a.tag else "")
+
+
+def training_settings(a: argparse.Namespace, max_completion_length: int) -> tuple[dict[str, Any], dict[str, dict]]:
+    """(settings every run shares, per-algorithm settings): the papers' defaults, GCN drawing one sample per real
+    row like the others, and the companion options of the command line."""
+    shared = dict(
+        per_device_train_batch_size=a.batch_size, max_completion_length=max_completion_length,
+        lr_scheduler_type="constant", weight_decay=0.0, save_strategy="no", logging_steps=50, report_to="none",
+        disable_tqdm=True, use_cpu=a.device == "cpu", bf16=a.bf16, seed=a.seed, data_seed=a.seed,
+        dataloader_num_workers=0,
+    )  # fmt: skip
+    per_algorithm = {
+        "CoT": dict(mediator_steps=getattr(a, "mediator_steps", 1), gamma=0.0, mediator_learning_rate=a.companion_lr),
+        "ψ-MLE": dict(mixture_weight=0.5, bregman_f="logistic", ratio_target="mixture", flatten_alpha=1.0,
+                      ratio_learning_rate=a.companion_lr),
+        "GCN": dict(weighting="d", sampler="model", num_candidates=1, mle_weight=0.0,
+                    discriminator_learning_rate=a.companion_lr),
+    }  # fmt: skip
+    for settings in per_algorithm.values():
+        settings["companion_warmup_steps"] = a.companion_warmup
+    return shared, per_algorithm
+
+
+def companion_protocol(a: argparse.Namespace) -> str:
+    """The protocol sentence for the companion options (empty with the defaults)."""
+    text = ""
+    if a.companion_warmup:
+        text += f" Companion warm-up: the first {a.companion_warmup} of the {a.steps} steps train the companion alone."
+    if a.companion_lr:
+        text += f" Companion learning rate {a.companion_lr}."
+    return text
+
+
+def pretrain(
+    init: str, out: str, steps: int, lr: float, shared: dict[str, Any], train_dataset: Any,
+    curve_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None, eval_every: int = 0,
+) -> tuple[str, float, list[dict[str, float]]]:  # fmt: skip
+    """MLE from ``init`` for ``steps``, saved to ``out``: (out, training seconds, training curve)."""
+    cb = PeriodicEval(curve_fn or (lambda g: {}), eval_every if curve_fn else 0)
+    config = make_config("MLE", dict(shared, output_dir=out + "_run", max_steps=steps, learning_rate=lr), {})
+    trainer, seconds = train("MLE", init, train_dataset, config, [cb])
+    trainer.save_model(out)
+    return out, seconds, cb.history
 
 
 def trainer_classes(name: str) -> tuple[type, type]:

@@ -32,8 +32,6 @@ Results: ``benchmarks/results/oracle_turing_test[_quick].md`` and ``.png``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -79,13 +77,13 @@ def id_tokenizer(n_ids: int = N_IDS):
     )
 
 
-def build_generator(path: str, n_layer: int, n_embd: int, n_head: int, seed: int) -> str:
+def build_generator(path: str, n_layer: int, n_embd: int, n_head: int, seed: int, dropout: float = 0.0) -> str:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = id_tokenizer()
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=32, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=N_IDS, eos_token_id=N_IDS, pad_token_id=N_IDS,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=0.0, bos_token_id=N_IDS, eos_token_id=N_IDS, pad_token_id=N_IDS,
     )  # fmt: skip
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(path)
@@ -154,36 +152,19 @@ def evaluate(model, oracle, test: torch.Tensor, temperatures: list[float], eval_
 
 # ----------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CPU budget: " + json.dumps(QUICK))
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for training (GPU)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (machines are shared)")
-    p.add_argument("--algorithms", nargs="+", default=list(common.ALGORITHMS), choices=list(common.ALGORITHMS))
+    p = common.argument_parser(__doc__, QUICK)
+    p.set_defaults(n_layer=3, n_embd=48, n_head=4)
     p.add_argument("--scratch", action="store_true", help="also CoT from the random init (pretrain + steps)")
-    p.add_argument("--pretrain-steps", type=int)
-    p.add_argument("--steps", type=int, help="algorithm steps after the MLE pretraining")
-    p.add_argument("--batch-size", type=int, default=64, help="real sequences per step (SeqGAN: 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam lr of generator and companion, algorithm phase")
-    p.add_argument("--pretrain-lr", type=float, default=3e-3, help="Adam lr of the MLE pretraining")
-    p.add_argument("--n-layer", type=int, default=3)
-    p.add_argument("--n-embd", type=int, default=48)
-    p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--eval-samples", type=int)
     p.add_argument("--sweep-samples", type=int)
-    p.add_argument("--eval-every", type=int, help="steps between training-curve points (0: none)")
-    p.add_argument("--temperatures", type=float, nargs="+")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mediator-n-layer", type=int, help="CoT mediator of its own shape (CoT App.: a stronger "
+                   "mediator); default: a copy of the generator, the trainer's default")
+    p.add_argument("--mediator-n-embd", type=int, help="width of that mediator (CoT App.: 2x the generator's)")
+    p.add_argument("--mediator-n-head", type=int)
+    p.add_argument("--mediator-dropout", type=float, default=0.0, help="embedding/residual dropout of that mediator")
+    p.add_argument("--mediator-steps", type=int, default=1, help="CoT N_m")
     p.add_argument("--oracle", default=None, help="oracle .npz (default: ../shared/data/oracle_lstm/...)")
-    p.add_argument("--out", default=common.RESULTS)
-    a = p.parse_args(argv)
-    budget = QUICK if a.quick else FULL
-    for key, value in budget.items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    if 1.0 not in a.temperatures:
-        a.temperatures = sorted(a.temperatures + [1.0])
-    common.setup(a.threads, a.device)
+    a = common.parse_arguments(p, argv, QUICK, FULL)
     t_start = time.perf_counter()
 
     from hfcoop.oracle import OracleLSTM
@@ -202,30 +183,31 @@ def main(argv: list[str] | None = None) -> None:
         return {"nll_oracle": float(oracle.nll(samples.to(oracle.embedding.device)).mean()),
                 "nll_test": generator_nll(generator, curve_test, [1.0])[1.0]}  # fmt: skip
 
-    shared = dict(
-        per_device_train_batch_size=a.batch_size, max_completion_length=SEQ_LEN, lr_scheduler_type="constant",
-        weight_decay=0.0, save_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
-        use_cpu=a.device == "cpu", bf16=a.bf16, seed=a.seed, data_seed=a.seed, dataloader_num_workers=0,
-    )  # fmt: skip
-    per_algorithm = {
-        "CoT": dict(mediator_steps=1, gamma=0.0),
-        "ψ-MLE": dict(mixture_weight=0.5, bregman_f="logistic", ratio_target="mixture", flatten_alpha=1.0),
-        "GCN": dict(weighting="d", sampler="model", num_candidates=1, mle_weight=0.0),
-    }
+    shared, per_algorithm = common.training_settings(a, SEQ_LEN)
+
+    def pretrain(start: str, out: str, curve: bool = True) -> tuple[str, float, list[dict]]:
+        return common.pretrain(start, out, a.pretrain_steps, a.pretrain_lr, shared, train_ds,
+                               curve_point if curve else None, a.eval_every)  # fmt: skip
+
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         init = build_generator(os.path.join(tmp, "init"), a.n_layer, a.n_embd, a.n_head, a.seed)
+        gen_params = common.count_parameters(load_lm(init))
         # ---- phase 1: one MLE pretraining shared by every algorithm
-        cb = common.PeriodicEval(curve_point, a.eval_every)
-        config = common.make_config("MLE", dict(shared, output_dir=os.path.join(tmp, "pre"), max_steps=a.pretrain_steps,
-                                                learning_rate=a.pretrain_lr), {})  # fmt: skip
-        trainer, pre_seconds = common.train("MLE", init, train_ds, config, [cb])
-        pretrained = os.path.join(tmp, "pretrained")
-        trainer.save_model(pretrained)
-        gen_params = common.count_parameters(trainer.pair.generator)
-        pre_curve = cb.history
-        print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
-        del trainer
+        pretrained, pre_seconds, pre_curve = init, 0.0, []
+        if a.pretrain_steps:
+            pretrained, pre_seconds, pre_curve = pretrain(init, os.path.join(tmp, "pretrained"))
+            print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
+        # A mediator of its own shape is pretrained the same way (it cannot start as a copy of the generator).
+        mediator_init = mediator = None
+        if a.mediator_n_embd or a.mediator_n_layer:
+            mediator_init = build_generator(os.path.join(tmp, "mediator_init"), a.mediator_n_layer or a.n_layer,
+                                            a.mediator_n_embd or a.n_embd, a.mediator_n_head or a.n_head, a.seed + 1,
+                                            a.mediator_dropout)  # fmt: skip
+            mediator = mediator_init
+            if a.pretrain_steps:
+                mediator, seconds, _ = pretrain(mediator_init, os.path.join(tmp, "mediator"), curve=False)
+                print(f"mediator MLE pretraining: {seconds:.0f} s", flush=True)
 
         # ---- phase 2: each algorithm from the pretrained generator, same steps / batch / lr
         runs = [(name, pretrained, a.steps, a.pretrain_steps) for name in a.algorithms]
@@ -235,7 +217,10 @@ def main(argv: list[str] | None = None) -> None:
             cb = common.PeriodicEval(curve_point, a.eval_every, offset=offset, at_start=offset == 0)
             config = common.make_config(name, dict(shared, output_dir=os.path.join(tmp, name.replace(" ", "_")),
                                                    max_steps=steps, learning_rate=a.lr), per_algorithm)  # fmt: skip
-            trainer, seconds = common.train(name, start, train_ds, config, [cb])
+            companion = None
+            if name.startswith("CoT") and mediator:
+                companion = mediator_init if start == init else mediator
+            trainer, seconds = common.train(name, start, train_ds, config, [cb], companion=companion)
             generator = trainer.pair.generator
             generator.eval()
             sweep = evaluate(generator, oracle, test_seqs, a.temperatures, a.eval_samples, a.sweep_samples)
@@ -255,6 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     report(a, results, oracle, oracle_train, oracle_test, pre_seconds, gen_params, total)
 
 
+def load_lm(path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
 def name_prefix(name: str) -> str:
     return {"MLE": "mle/", "CoT": "", "ψ-MLE": "psi_mle/", "GCN": "gcn/"}[name.split(" ")[0]]
 
@@ -262,7 +253,7 @@ def name_prefix(name: str) -> str:
 # ----------------------------------------------------------------------------------------------- report
 def report(a, results, oracle, oracle_train, oracle_test, pre_seconds, gen_params, total) -> None:
     os.makedirs(a.out, exist_ok=True)
-    stem = "oracle_turing_test" + ("_quick" if a.quick else "")
+    stem = common.result_stem("oracle_turing_test", a)
     headers = ["model", "params G (+companion)", "steps", "train s (s/step)", "NLL_oracle T=1", "NLL_test T=1",
                "best NLL_oracle+NLL_test (T)", "paper CoT T1: NLL_oracle / NLL_test", "paper ψ-MLE T1: best sum"]  # fmt: skip
     rows = [["oracle itself (entropy rate)", f"{oracle.num_parameters():,}", "—", "—", oracle_train, oracle_test,
@@ -303,7 +294,11 @@ def report(a, results, oracle, oracle_train, oracle_test, pre_seconds, gen_param
         f"{a.pretrain_steps + a.steps} steps. NLL in SeqGAN units (nats per token, mean over the 20 positions); "
         f"T=1: NLL_oracle from {a.eval_samples} samples, NLL_test on all 10,000 held-out samples; other "
         f"temperatures: {a.sweep_samples} samples and the first {a.sweep_samples} held-out samples; the evaluated model is the generator restricted to the 5,000 oracle ids at "
-        "temperature T.",
+        "temperature T."
+        + (f" CoT mediator: its own GPT-2 ({a.mediator_n_layer or a.n_layer} layers x {a.mediator_n_embd or a.n_embd}, "
+           f"dropout {a.mediator_dropout}), MLE-pretrained like the generator; N_m = {a.mediator_steps}."
+           if a.mediator_n_embd or a.mediator_n_layer else f" CoT mediator: a copy of the generator; N_m = {a.mediator_steps}.")
+        + common.companion_protocol(a),
         "",
         table,
         "",

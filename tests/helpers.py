@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 
+from typing import Any, Callable
+
 import torch
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from hfcoop import CoTTrainer
 from hfcoop.data import pad_right
@@ -65,3 +67,19 @@ def launch(script: str, script_args: list[str], num_processes: int) -> str:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"WORLD_SIZE {num_processes}" in result.stdout, result.stdout[-2000:]
     return result.stdout
+
+
+def assert_resume_is_bit_identical(run: Callable[..., Any], tmp_path: Any, model_path: str) -> None:
+    """``run(out, resume=None, callbacks=None) -> pair`` trains 4 steps (checkpointing every 2 when ``out == "cut"``).
+
+    A run killed after step 2 and resumed from ``checkpoint-2`` must end with the uninterrupted run's generator and
+    companion, bit for bit, and the generator must have moved (else the comparison proves nothing).
+    """
+    full = run("full")
+    run("cut", callbacks=[StopAfter(2)])
+    resumed = run("cut", resume=str(tmp_path / "cut" / "checkpoint-2"))
+    for a, b in ((full.generator, resumed.generator), (full.companion, resumed.companion)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    init = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
+    assert max(float((full.generator.state_dict()[k] - init[k]).abs().max()) for k in init) > 1e-4

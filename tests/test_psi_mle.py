@@ -19,7 +19,7 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from helpers import StopAfter
+from helpers import assert_resume_is_bit_identical
 from hfcoop import PsiMLEConfig, PsiMLETrainer
 from hfcoop.losses import (
     BREGMAN_FUNCTIONS,
@@ -295,14 +295,7 @@ def test_resume_is_bit_identical(tiny_lm, coco_text, tmp_path):
         trainer.train(resume_from_checkpoint=resume)
         return trainer.pair
 
-    full = run("full")
-    run("cut", callbacks=[StopAfter(2)])
-    resumed = run("cut", resume=str(tmp_path / "cut" / "checkpoint-2"))
-    for a, b in ((full.generator, resumed.generator), (full.companion, resumed.companion)):
-        sa, sb = a.state_dict(), b.state_dict()
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    init = AutoModelForCausalLM.from_pretrained(tiny_lm).state_dict()
-    assert max(float((full.generator.state_dict()[k] - init[k]).abs().max()) for k in init) > 1e-4
+    assert_resume_is_bit_identical(run, tmp_path, tiny_lm)
 
 
 # ---------------------------------------------------------------- bad input

@@ -14,7 +14,7 @@ import dataclasses
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -54,6 +54,14 @@ class CooperativeConfig(TrainingArguments):
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the training samples."})
     top_k: int = field(default=0, metadata={"help": "Top-k filtering of the training samples (0: off)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering of the training samples (1.0: off)."})
+    companion_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps at the start in which only the companion learns (generator frozen). The companion "
+            "starts uninformative (CoT mediator = G, ratio r = 1, D = 1/2), so early generator steps get no signal "
+            "(CoT) or only noise (ψ-MLE, GCN); the oracle benchmark's investigation measures the effect."
+        },
+    )
     save_companion: bool = field(
         default=False,
         metadata={"help": "Also export the companion (mediator/ratio model/discriminator) in a subfolder."},
@@ -70,6 +78,8 @@ class CooperativeConfig(TrainingArguments):
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
 
+    has_learned_companion: ClassVar[bool] = True  # False: no companion model (MLE, GENERE's mixture weights)
+
     @property
     def companion_learning_rate(self) -> float | None:
         """Learning rate of the companion's parameter group (None: same as the generator's)."""
@@ -77,9 +87,13 @@ class CooperativeConfig(TrainingArguments):
 
     def needs_unused_parameters(self) -> bool:
         """Whether some parameters can miss a backward pass (DDP must then search for unused parameters)."""
-        return False
+        return self.companion_warmup_steps > 0  # the generator sits out the warm-up steps
 
     def __post_init__(self) -> None:
+        if self.companion_warmup_steps < 0:
+            raise ValueError(f"companion_warmup_steps must be >= 0, got {self.companion_warmup_steps}.")
+        if self.companion_warmup_steps and not self.has_learned_companion:
+            raise ValueError(f"companion_warmup_steps needs a learned companion model; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
         super().__post_init__()
@@ -250,6 +264,10 @@ class CooperativeTrainer(Trainer):
             )
             nll = -(token_logprobs(logits, ids) * mask).sum() / mask.sum().clamp(min=1)
         return nll.detach(), None, None
+
+    def generator_learns(self) -> bool:
+        """False during ``companion_warmup_steps``: the step then trains the companion alone."""
+        return self.state.global_step >= self.args.companion_warmup_steps
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """Trainer's optimizer, with the companion's parameters in groups of their own learning rate."""

@@ -57,7 +57,7 @@ class CoTConfig(CooperativeConfig):
         return self.mediator_learning_rate
 
     def needs_unused_parameters(self) -> bool:
-        return self.mediator_steps > 1  # the generator sits out the mediator-only steps
+        return self.mediator_steps > 1 or super().needs_unused_parameters()  # generator sits out mediator-only steps
 
     def __post_init__(self) -> None:
         if self.mediator_steps < 1:
@@ -102,7 +102,8 @@ class CoTTrainer(CooperativeTrainer):
         check_same_vocabulary(generator, companion, tokenizer, "mediator")
 
     def is_generator_step(self) -> bool:
-        return self.state.global_step % self.args.mediator_steps == self.args.mediator_steps - 1
+        step = self.state.global_step - self.args.companion_warmup_steps
+        return step >= 0 and step % self.args.mediator_steps == self.args.mediator_steps - 1
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]

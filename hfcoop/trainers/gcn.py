@@ -203,7 +203,14 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
         batch = real_ids.shape[0]
-        neg_ids, neg_mask, train_ids, train_mask, train_rows = self.sample_proposal(prompt_ids, prompt_mask)
+        train_generator = self.generator_learns()
+        if train_generator:
+            neg_ids, neg_mask, train_ids, train_mask, train_rows = self.sample_proposal(prompt_ids, prompt_mask)
+        else:  # companion warm-up: D alone, on the plain p_theta negatives it always sees (no q̂ search)
+            k = args.num_candidates if args.sampler == "model" else 1
+            neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask, k)
+            train_rows = torch.arange(batch, device=neg_ids.device).repeat_interleave(k)
+            train_ids, train_mask = neg_ids[:0], neg_mask[:0]
         n_train = train_ids.shape[0]
         neg_rows = train_rows if args.sampler == "model" else torch.arange(batch, device=neg_ids.device)
 
@@ -221,7 +228,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         if args.mle_weight > 0:
             g_ids, g_mask = torch.cat([train_ids, real_ids]), torch.cat([train_mask, real_mask])
             g_rows = torch.cat([train_rows, torch.arange(batch, device=train_rows.device)])
-        g_part = self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask)
+        g_part = self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask) if train_generator else None
         gen_logits, d_logits = model(generator=g_part, companion=d_part)
         d_logits = d_logits.squeeze(-1).float()
         if not torch.isfinite(d_logits).all():
@@ -230,6 +237,15 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             )
         d_real, d_gen = d_logits[:batch], d_logits[batch:]
         loss_d = discriminator_loss(d_real, d_gen)
+        with torch.no_grad():
+            self.log_metric("gcn/discriminator_loss", loss_d.detach())
+            self.log_metric("gcn/d_accuracy", 0.5 * ((d_real > 0).float().mean() + (d_gen < 0).float().mean()))
+            self.log_metric("gcn/d_real", torch.sigmoid(d_real).mean())
+            self.log_metric("gcn/d_generated", torch.sigmoid(d_gen).mean())
+        # D's loss is per sequence; base divides by the completion budget (token sums -> per token).
+        loss_d = args.max_completion_length * loss_d
+        if not train_generator:
+            return loss_d
 
         # Weighted MLE on q̂'s samples with self-normalised w = q/q̂ (see the module docstring).
         d_train = d_gen.detach() if args.sampler == "model" else torch.zeros(n_train, device=d_gen.device)
@@ -245,16 +261,10 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             loss_g = loss_g + args.mle_weight * loss_mle
 
         with torch.no_grad():
-            d_prob = torch.sigmoid(d_logits)
             raw = torch.exp(log_w)
-            self.log_metric("gcn/discriminator_loss", loss_d.detach())
-            self.log_metric("gcn/d_accuracy", 0.5 * ((d_real > 0).float().mean() + (d_gen < 0).float().mean()))
-            self.log_metric("gcn/d_real", d_prob[:batch].mean())
-            self.log_metric("gcn/d_generated", d_prob[batch:].mean())
             self.log_metric("gcn/generator_loss", loss_gcn.detach())
             self.log_metric("gcn/weight_mean", raw.mean())
             self.log_metric("gcn/weight_max", raw.max())
             self.log_metric("gcn/ess", effective_sample_size(weights))
-        # D's loss is per sequence; base divides by the completion budget (token sums -> per token).
-        return loss_g + args.max_completion_length * loss_d
+        return loss_g + loss_d
 

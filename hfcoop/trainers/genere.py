@@ -55,7 +55,7 @@ import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -91,6 +91,8 @@ MIXTURE_FILE = "genere_mixture.json"
 @dataclass
 class GenereConfig(CooperativeConfig):
     """Configuration of :class:`GenereTrainer` (plus every ``TrainingArguments`` field)."""
+
+    has_learned_companion: ClassVar[bool] = False  # the mixture proportions are updated, not a model
 
     generative_weight: float = field(
         default=1.0,

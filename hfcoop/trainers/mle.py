@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from .base import CooperativeConfig, CooperativeTrainer
 @dataclass
 class MLEConfig(CooperativeConfig):
     """Teacher-forced maximum likelihood on the completions (no companion, no sampling)."""
+
+    has_learned_companion: ClassVar[bool] = False
 
 
 class MLETrainer(CooperativeTrainer):

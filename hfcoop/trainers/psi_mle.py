@@ -171,7 +171,8 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         prompts, prompts_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
         mix = torch.cat([ids.new_full((batch,), 1) * m, ids.new_full((batch,), 1) * (1 - m)]).float() / batch
         rows = torch.nonzero(mix > 0).squeeze(1)
-        gen_part = self.lm_inputs(prompts[rows], prompts_mask[rows], ids[rows], mask[rows])
+        train_generator = self.generator_learns()
+        gen_part = self.lm_inputs(prompts[rows], prompts_mask[rows], ids[rows], mask[rows]) if train_generator else None
         gen_logits, ratio_logits = model(
             generator=gen_part, companion=self.companion_inputs(prompts, prompts_mask, ids, mask)
         )
@@ -186,6 +187,16 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
                 f"ψ-MLE: non-finite Bregman objective ({args.bregman_f}); lower ratio_learning_rate."
             )
 
+        ratio = torch.exp(log_r.detach())
+        self.log_metric("psi_mle/ratio_loss", loss_r.detach())
+        self.log_metric("psi_mle/ratio_mean_real", ratio[:batch].mean())
+        self.log_metric("psi_mle/ratio_mean_generated", ratio[batch:].mean())
+        self.log_metric("psi_mle/ratio_max", ratio.max())
+        # The Bregman objective is per sequence; base divides by the completion budget (token sums -> per token).
+        loss_r = args.max_completion_length * loss_r
+        if not train_generator:
+            return loss_r
+
         # Generator: MLE on the mixture weighted by p_data/p_mix (Eq. 7-8), self-normalised (18), flattened (19).
         log_w = log_r.detach()[rows]
         if args.ratio_target == "model":
@@ -194,13 +205,7 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         seq_logprobs = (token_logprobs(gen_logits, ids[rows]) * mask[rows]).sum(-1)
         loss_g = weighted_nll_loss(seq_logprobs, weights)
 
-        ratio = torch.exp(log_r.detach())
-        self.log_metric("psi_mle/ratio_loss", loss_r.detach())
         self.log_metric("psi_mle/generator_loss", loss_g.detach())
-        self.log_metric("psi_mle/ratio_mean_real", ratio[:batch].mean())
-        self.log_metric("psi_mle/ratio_mean_generated", ratio[batch:].mean())
-        self.log_metric("psi_mle/ratio_max", ratio.max())
         self.log_metric("psi_mle/weight_max", (weights / weights.sum()).max())  # share of the heaviest sequence
         self.log_metric("psi_mle/ess", effective_sample_size(weights))  # Kish ESS / n of the weighted estimate
-        # The Bregman objective is per sequence; base divides by the completion budget (token sums -> per token).
-        return loss_g + args.max_completion_length * loss_r
+        return loss_g + loss_r
