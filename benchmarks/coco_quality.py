@@ -58,11 +58,13 @@ def read_lines(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-def build_generator(path: str, texts: list[str], n_layer: int, n_embd: int, n_head: int, seed: int) -> str:
+def build_generator(
+    path: str, texts: list[str], n_layer: int, n_embd: int, n_head: int, seed: int, dropout: float = 0.0
+) -> str:
     from hfcoop.tiny import build_tiny_model
 
     return build_tiny_model(path, texts, vocab_size=20000, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                            n_positions=64, seed=seed)  # fmt: skip
+                            n_positions=64, dropout=dropout, seed=seed)  # fmt: skip
 
 
 def words_of(tokenizer):
@@ -143,12 +145,21 @@ def main(argv: list[str] | None = None) -> None:
                 a.eval_every,
             )  # fmt: skip
             print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
+        mediator = None  # a mediator of its own shape is pretrained like the generator
+        if common.own_mediator(a):
+            mediator = build_generator(os.path.join(tmp, "mediator_init"), train_texts + test_texts, seed=a.seed + 1,
+                                       **common.mediator_shape(a))  # fmt: skip
+            if a.pretrain_steps:
+                mediator, seconds, _ = common.pretrain(mediator, os.path.join(tmp, "mediator"), a.pretrain_steps,
+                                                       a.pretrain_lr, shared, train_ds)  # fmt: skip
+                print(f"mediator MLE pretraining: {seconds:.0f} s", flush=True)
 
         for name in a.algorithms:
             cb = common.PeriodicEval(curve_point, a.eval_every, offset=a.pretrain_steps, at_start=False)
             config = common.make_config(name, dict(shared, output_dir=os.path.join(tmp, name), max_steps=a.steps,
                                                    learning_rate=a.lr), per_algorithm)  # fmt: skip
-            trainer, seconds = common.train(name, pretrained, train_ds, config, [cb])
+            companion = mediator if name == "CoT" else None
+            trainer, seconds = common.train(name, pretrained, train_ds, config, [cb], companion=companion)
             generator = trainer.pair.generator.eval()
             nll = reference_nll(generator, tokenizer, test_texts, batch_size=250)["nll_per_token"]
             sweep = []

@@ -59,9 +59,16 @@ def argument_parser(doc: str, quick: dict[str, Any], lr: float = 1e-3, pretrain_
     p.add_argument("--n-head", type=int)
     p.add_argument("--eval-every", type=int, help="steps between training-curve points (0: none)")
     p.add_argument("--temperatures", type=float, nargs="+")
+    p.add_argument("--mediator-n-layer", type=int, help="CoT mediator of its own shape (CoT App.: a stronger "
+                   "mediator), MLE-pretrained like the generator; default: a copy of the generator (trainer default)")
+    p.add_argument("--mediator-n-embd", type=int, help="width of that mediator (CoT App.: 2x the generator's)")
+    p.add_argument("--mediator-n-head", type=int)
+    p.add_argument("--mediator-dropout", type=float, default=0.0, help="embedding/residual dropout of that mediator")
+    p.add_argument("--mediator-steps", type=int, default=1, help="CoT N_m")
     p.add_argument("--companion-warmup", type=int, default=0,
                    help="companion_warmup_steps of CoT / ψ-MLE / GCN (counted inside --steps: equal budget)")
     p.add_argument("--companion-lr", type=float, help="learning rate of every companion (default: --lr)")
+    p.add_argument("--gcn-baseline", action="store_true", help="GCN weight_baseline (REINFORCE baseline on w)")
     p.add_argument("--tag", default="", help="suffix of the result files (investigation runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=RESULTS)
@@ -96,24 +103,41 @@ def training_settings(a: argparse.Namespace, max_completion_length: int) -> tupl
         dataloader_num_workers=0,
     )  # fmt: skip
     per_algorithm = {
-        "CoT": dict(mediator_steps=getattr(a, "mediator_steps", 1), gamma=0.0, mediator_learning_rate=a.companion_lr),
+        "CoT": dict(mediator_steps=a.mediator_steps, gamma=0.0, mediator_learning_rate=a.companion_lr),
         "ψ-MLE": dict(mixture_weight=0.5, bregman_f="logistic", ratio_target="mixture", flatten_alpha=1.0,
                       ratio_learning_rate=a.companion_lr),
         "GCN": dict(weighting="d", sampler="model", num_candidates=1, mle_weight=0.0,
-                    discriminator_learning_rate=a.companion_lr),
+                    discriminator_learning_rate=a.companion_lr, weight_baseline=a.gcn_baseline),
     }  # fmt: skip
     for settings in per_algorithm.values():
         settings["companion_warmup_steps"] = a.companion_warmup
     return shared, per_algorithm
 
 
+def own_mediator(a: argparse.Namespace) -> bool:
+    return bool(a.mediator_n_embd or a.mediator_n_layer)
+
+
+def mediator_shape(a: argparse.Namespace) -> dict[str, Any]:
+    """n_layer / n_embd / n_head / dropout of the CoT mediator built with ``--mediator-*`` (generator's by default)."""
+    return dict(n_layer=a.mediator_n_layer or a.n_layer, n_embd=a.mediator_n_embd or a.n_embd,
+                n_head=a.mediator_n_head or a.n_head, dropout=a.mediator_dropout)  # fmt: skip
+
+
 def companion_protocol(a: argparse.Namespace) -> str:
-    """The protocol sentence for the companion options (empty with the defaults)."""
-    text = ""
+    """The protocol sentence for the companion options."""
+    shape = mediator_shape(a)
+    if own_mediator(a):
+        text = (f" CoT mediator: its own GPT-2 ({shape['n_layer']} layers x {shape['n_embd']}, dropout "
+                f"{shape['dropout']}), MLE-pretrained like the generator; N_m = {a.mediator_steps}.")  # fmt: skip
+    else:
+        text = f" CoT mediator: a copy of the generator; N_m = {a.mediator_steps}."
     if a.companion_warmup:
         text += f" Companion warm-up: the first {a.companion_warmup} of the {a.steps} steps train the companion alone."
     if a.companion_lr:
         text += f" Companion learning rate {a.companion_lr}."
+    if a.gcn_baseline:
+        text += " GCN with weight_baseline (weights minus their mean)."
     return text
 
 

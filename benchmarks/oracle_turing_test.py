@@ -157,12 +157,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scratch", action="store_true", help="also CoT from the random init (pretrain + steps)")
     p.add_argument("--eval-samples", type=int)
     p.add_argument("--sweep-samples", type=int)
-    p.add_argument("--mediator-n-layer", type=int, help="CoT mediator of its own shape (CoT App.: a stronger "
-                   "mediator); default: a copy of the generator, the trainer's default")
-    p.add_argument("--mediator-n-embd", type=int, help="width of that mediator (CoT App.: 2x the generator's)")
-    p.add_argument("--mediator-n-head", type=int)
-    p.add_argument("--mediator-dropout", type=float, default=0.0, help="embedding/residual dropout of that mediator")
-    p.add_argument("--mediator-steps", type=int, default=1, help="CoT N_m")
     p.add_argument("--oracle", default=None, help="oracle .npz (default: ../shared/data/oracle_lstm/...)")
     a = common.parse_arguments(p, argv, QUICK, FULL)
     t_start = time.perf_counter()
@@ -200,10 +194,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
         # A mediator of its own shape is pretrained the same way (it cannot start as a copy of the generator).
         mediator_init = mediator = None
-        if a.mediator_n_embd or a.mediator_n_layer:
-            mediator_init = build_generator(os.path.join(tmp, "mediator_init"), a.mediator_n_layer or a.n_layer,
-                                            a.mediator_n_embd or a.n_embd, a.mediator_n_head or a.n_head, a.seed + 1,
-                                            a.mediator_dropout)  # fmt: skip
+        if common.own_mediator(a):
+            mediator_init = build_generator(os.path.join(tmp, "mediator_init"), seed=a.seed + 1, **common.mediator_shape(a))
             mediator = mediator_init
             if a.pretrain_steps:
                 mediator, seconds, _ = pretrain(mediator_init, os.path.join(tmp, "mediator"), curve=False)
@@ -262,7 +254,7 @@ def report(a, results, oracle, oracle_train, oracle_test, pre_seconds, gen_param
         base = name.split(" ")[0]
         cot = PAPER_COT.get(base) if name == base else None
         psi = PAPER_PSI.get(base) if name == base else None
-        pre = f"{a.pretrain_steps} MLE + " if name != "CoT (scratch)" else ""
+        pre = f"{a.pretrain_steps} MLE + " if a.pretrain_steps and name != "CoT (scratch)" else ""
         rows.append([
             name, f"{r['params']:,}" + (f" (+{r['companion_params']:,})" if r["companion_params"] else ""),
             f"{pre}{r['steps']}", f"{r['seconds']:.0f} ({r['s_per_step']:.2f})", r["at_one"]["nll_oracle"],
@@ -294,11 +286,7 @@ def report(a, results, oracle, oracle_train, oracle_test, pre_seconds, gen_param
         f"{a.pretrain_steps + a.steps} steps. NLL in SeqGAN units (nats per token, mean over the 20 positions); "
         f"T=1: NLL_oracle from {a.eval_samples} samples, NLL_test on all 10,000 held-out samples; other "
         f"temperatures: {a.sweep_samples} samples and the first {a.sweep_samples} held-out samples; the evaluated model is the generator restricted to the 5,000 oracle ids at "
-        "temperature T."
-        + (f" CoT mediator: its own GPT-2 ({a.mediator_n_layer or a.n_layer} layers x {a.mediator_n_embd or a.n_embd}, "
-           f"dropout {a.mediator_dropout}), MLE-pretrained like the generator; N_m = {a.mediator_steps}."
-           if a.mediator_n_embd or a.mediator_n_layer else f" CoT mediator: a copy of the generator; N_m = {a.mediator_steps}.")
-        + common.companion_protocol(a),
+        "temperature T." + common.companion_protocol(a),
         "",
         table,
         "",

@@ -414,6 +414,24 @@ def importance_weights(
     return shifted / group_sum[group_index] / num_groups
 
 
+def baseline_weights(weights: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights minus their group's mean: a REINFORCE baseline for the GCN update on samples of ``p_theta``.
+
+    ``sum_i w_i ∇log p(y_i) = sum_i (w_i - w̄) ∇log p(y_i) + w̄ sum_i ∇log p(y_i)``. For weights self-normalised
+    per group (:func:`importance_weights`) ``w̄`` is a constant (1 / samples in the group / groups), so the last
+    term has expectation exactly 0 when the ``y_i`` are exact ``p_theta`` samples (score-function identity
+    ``E_p[∇log p] = 0``). Dropping it keeps the expected update of the slides' step 4 and removes its noise, which
+    with an uninformative D (all ``w`` equal) is the whole update — Adam turns that zero-mean noise into lr-sized
+    steps. ``groups``: per-prompt means (conditional data); None: one mean.
+    """
+    if groups is None:
+        return weights - weights.mean()
+    _, index = torch.unique(groups, return_inverse=True)
+    sums = torch.zeros(int(index.max()) + 1, dtype=weights.dtype, device=weights.device).index_add(0, index, weights)
+    counts = torch.zeros_like(sums).index_add(0, index, torch.ones_like(weights))
+    return weights - (sums / counts)[index]
+
+
 def weighted_nll_loss(seq_logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Importance-weighted MLE, ψ-MLE Eq. (7)/(18) and the GCN update (slides, step 4):
 

@@ -18,7 +18,7 @@ from helpers import assert_resume_is_bit_identical, launch
 
 from hfcoop import GCNConfig, GCNTrainer
 from hfcoop.cooperative_decoding import resample_indices, resample_log_weights
-from hfcoop.losses import discriminator_loss, gcn_log_weights, importance_weights
+from hfcoop.losses import baseline_weights, discriminator_loss, gcn_log_weights, importance_weights, weighted_nll_loss
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -123,10 +123,47 @@ def test_optimal_discriminator_makes_the_ratio_weighting_exact():
                           0.5 * (F.softplus(torch.tensor(-2.0)) + F.softplus(torch.tensor(-1.0))))  # fmt: skip
 
 
+def test_baseline_weights_hand_computed():
+    w = torch.tensor([0.1, 0.3, 0.2, 0.4])
+    assert torch.allclose(baseline_weights(w), w - 0.25)
+    groups = torch.tensor([7, 7, 3, 3])
+    assert torch.allclose(baseline_weights(w, groups), torch.tensor([-0.1, 0.1, -0.1, 0.1]))
+
+
+def test_baseline_keeps_the_expected_update_and_removes_the_noise():
+    """Exact enumeration: 3 outcomes, 2 samples from p_theta per step. The baselined update has the same
+    expectation over all sample pairs as the slides' step 4, and is exactly 0 when D is uninformative."""
+    logits = torch.tensor([0.3, -0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(logits, 0)
+    p = logp.exp().detach()
+
+    def expected_update(d: torch.Tensor, baseline: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        total, per_pair = torch.zeros(3, dtype=torch.float64), []
+        for a in range(3):
+            for b in range(3):
+                rows = torch.tensor([a, b])
+                w = importance_weights(gcn_log_weights(torch.logit(d[rows]), "d", "model"))
+                w = baseline_weights(w) if baseline else w
+                (grad,) = torch.autograd.grad(weighted_nll_loss(logp[rows], w), logits, retain_graph=True)
+                per_pair.append(grad)
+                total += p[a] * p[b] * grad
+        return total, per_pair
+
+    d = torch.tensor([0.9, 0.2, 0.5], dtype=torch.float64)
+    plain, _ = expected_update(d, baseline=False)
+    centred, _ = expected_update(d, baseline=True)
+    assert plain.abs().max() > 1e-2 and torch.allclose(plain, centred, atol=1e-12)
+    flat = torch.full((3,), 0.5, dtype=torch.float64)
+    _, noisy = expected_update(flat, baseline=False)
+    _, quiet = expected_update(flat, baseline=True)
+    assert max(float(g.abs().max()) for g in noisy) > 0.1  # each step moves although E[update] = 0
+    assert max(float(g.abs().max()) for g in quiet) == 0.0
+
+
 # ---------------------------------------------------------------- the trainer end to end
 @pytest.mark.parametrize(
     "sampler, data, extra",
-    [("model", "text", {"mle_weight": 0.3, "save_companion": True}),
+    [("model", "text", {"mle_weight": 0.3, "save_companion": True, "weight_baseline": True}),
      ("resample", "prompt_completion", {"weighting": "ratio"}),
      ("mcts", "prompt_completion", {"num_simulations": 2, "mcts_top_k": 4, "max_completion_length": 4})],
 )  # fmt: skip
@@ -178,6 +215,10 @@ def test_bad_configs_and_inputs(tiny_lm, coco_text, coco_prompt_completion, tmp_
                       ({"mle_weight": 2.0}, "mle_weight"), ({"num_candidates": 0}, "num_candidates")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             gcn_args(tmp_path, **kw)
+    with pytest.raises(ValueError, match="weight_baseline needs sampler='model'"):
+        gcn_args(tmp_path, sampler="resample", weight_baseline=True)
+    with pytest.raises(ValueError, match="exact p_theta samples"):
+        gcn_args(tmp_path, weight_baseline=True, top_k=5)
     with pytest.raises(ValueError, match="num_candidates >= 2"):
         GCNTrainer(tiny_lm, train_dataset=coco_prompt_completion, args=gcn_args(tmp_path, num_candidates=1))
     two = GPT2ForSequenceClassification(GPT2Config(vocab_size=600, n_layer=1, n_embd=16, n_head=2, num_labels=2,

@@ -36,6 +36,7 @@ from ..cooperative_decoding import mcts_decode, resample_indices, resample_log_w
 from ..losses import (
     GCN_SAMPLERS,
     GCN_WEIGHTINGS,
+    baseline_weights,
     discriminator_loss,
     effective_sample_size,
     gcn_log_weights,
@@ -86,6 +87,13 @@ class GCNConfig(CooperativeConfig):
     discriminator_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the discriminator (None: the generator's)."}
     )
+    weight_baseline: bool = field(
+        default=False,
+        metadata={
+            "help": "sampler='model' only: subtract each prompt's mean weight (REINFORCE baseline). Same expected "
+            "update on exact p_theta samples, without the zero-mean noise an uninformative D leaves."
+        },
+    )
     num_simulations: int = field(default=8, metadata={"help": "MCTS simulations per generated token ('mcts')."})
     mcts_top_k: int = field(
         default=10, metadata={"help": "Children per MCTS node: the generator's top-k tokens, as PUCT priors."}
@@ -118,6 +126,12 @@ class GCNConfig(CooperativeConfig):
             raise ValueError(f"mle_weight must be in [0, 1], got {self.mle_weight}.")
         if self.num_candidates < 1 or self.num_simulations < 1 or self.mcts_top_k < 1:
             raise ValueError("num_candidates, num_simulations and mcts_top_k must be >= 1.")
+        if self.weight_baseline and self.sampler != "model":
+            raise ValueError(f"weight_baseline needs sampler='model' (the {self.sampler!r} samples all weigh 1, so a "
+                             "baseline would cancel the whole update).")  # fmt: skip
+        if self.weight_baseline and (self.temperature != 1.0 or self.top_k or self.top_p < 1.0):
+            raise ValueError("weight_baseline is unbiased only for exact p_theta samples: keep temperature=1, "
+                             "top_k=0 and top_p=1 (or turn the baseline off).")  # fmt: skip
         super().__post_init__()
 
 
@@ -252,8 +266,9 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         log_w = gcn_log_weights(d_train, args.weighting, args.sampler)
         groups = torch.zeros_like(train_rows) if self.data_format == "text" else train_rows
         weights = importance_weights(log_w, groups=groups)
+        update_weights = baseline_weights(weights, groups) if args.weight_baseline else weights
         logprobs = token_logprobs(gen_logits, g_ids) * g_mask
-        loss_gcn = weighted_nll_loss(logprobs[:n_train].sum(-1), weights)
+        loss_gcn = weighted_nll_loss(logprobs[:n_train].sum(-1), update_weights)
         loss_g = (1 - args.mle_weight) * loss_gcn
         if args.mle_weight > 0:
             loss_mle = -logprobs[n_train:].sum(-1).mean()
