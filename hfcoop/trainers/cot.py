@@ -79,6 +79,12 @@ class CoTTrainer(CooperativeTrainer):
 
     ``model`` and ``mediator`` are models or paths/Hub ids; ``mediator=None`` starts the mediator as a copy of
     the generator. Both must share the generator's vocabulary.
+
+    Give an already trained generator a *stronger* mediator (CoT App.: "the mediator needs to be slightly
+    stronger than the generator"), e.g. a larger model of the same family. A copy of a trained G sits near a fixed
+    point: the best same-capacity fit of (p_data + G)/2 is about G, so KL(G‖M) — the generator's only signal —
+    stays near 0 (oracle benchmark: 0.002 nat/token, no gain over MLE; with a 2x-wide mediator 0.027 and a win
+    over MLE). Watch ``cot/kl_per_token``.
     """
 
     config_class = CoTConfig
