@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                 init, os.path.join(tmp, "pretrained"), a.pretrain_steps, a.pretrain_lr, shared, train_ds, curve_point,
                 a.eval_every,
             )  # fmt: skip
-            print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
+            last = pre_curve[-1] if pre_curve else ""
+            print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {last}", flush=True)
         mediator = None  # a mediator of its own shape is pretrained like the generator
         if common.own_mediator(a):
             mediator = build_generator(os.path.join(tmp, "mediator_init"), train_texts + test_texts, seed=a.seed + 1,
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = dict(
                 seconds=seconds, s_per_step=seconds / a.steps, companion_params=common.count_parameters(trainer.pair.companion),
                 nll_test=nll, at_one=at_one, sweep=sweep, curve=pre_curve + cb.history, examples=examples,
+                logs=common.last_logged(trainer, name),
             )  # fmt: skip
             print(f"{name}: {a.steps} steps in {seconds:.0f} s; BLEU-2..5 "
                   + " ".join(f"{at_one[f'bleu-{n}']:.3f}" for n in ORDERS) + "; Self-BLEU-2..5 "
@@ -237,6 +239,7 @@ def report(a, results, train_row, gen_params, pre_seconds, vocab, total) -> None
     ]
     for name, r in results.items():
         lines.append(f"- **{name}**: " + " / ".join(f"_{s}_" for s in r["examples"]))
+    lines += [""] + common.statistics_lines(results)
     with open(os.path.join(a.out, stem + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {os.path.join(a.out, stem + '.md')} and {png}; total {total / 60:.1f} min", flush=True)

@@ -244,14 +244,27 @@ def count_parameters(module: torch.nn.Module | None) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
-def last_logged(trainer: Any, prefix: str) -> dict[str, float]:
-    """The last logged value of every metric whose name starts with ``prefix``."""
+LOG_PREFIXES = {"MLE": ("mle/",), "CoT": ("cot/", "mediator/"), "ψ-MLE": ("psi_mle/",), "GCN": ("gcn/",)}
+
+
+def last_logged(trainer: Any, name: str) -> dict[str, float]:
+    """The last logged value of every metric of algorithm ``name`` (its :data:`LOG_PREFIXES`)."""
+    prefixes = LOG_PREFIXES[name.split(" ")[0]]
     out: dict[str, float] = {}
     for entry in trainer.state.log_history:
         for key, value in entry.items():
-            if key.startswith(prefix) and isinstance(value, (int, float)):
+            if key.startswith(prefixes) and isinstance(value, (int, float)):
                 out[key] = float(value)
     return out
+
+
+def statistics_lines(results: dict[str, dict]) -> list[str]:
+    """Markdown section with each run's last logged trainer metrics (``results[name]["logs"]``)."""
+    lines = ["## Trainer statistics at the end of training (last logged values)", ""]
+    for name, r in results.items():
+        if r.get("logs"):
+            lines.append(f"- **{name}**: " + ", ".join(f"`{k}` {v:.3g}" for k, v in sorted(r["logs"].items())))
+    return lines
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

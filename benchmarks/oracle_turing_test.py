@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         pretrained, pre_seconds, pre_curve = init, 0.0, []
         if a.pretrain_steps:
             pretrained, pre_seconds, pre_curve = pretrain(init, os.path.join(tmp, "pretrained"))
-            print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {pre_curve[-1]}", flush=True)
+            last = pre_curve[-1] if pre_curve else ""
+            print(f"MLE pretraining: {a.pretrain_steps} steps in {pre_seconds:.0f} s; {last}", flush=True)
         # A mediator of its own shape is pretrained the same way (it cannot start as a copy of the generator).
         mediator_init = mediator = None
         if common.own_mediator(a):
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = dict(
                 steps=steps, seconds=seconds, s_per_step=seconds / steps, params=gen_params,
                 companion_params=common.count_parameters(trainer.pair.companion), sweep=sweep, at_one=at_one,
-                best=best, curve=(pre_curve if offset else []) + cb.history, logs=common.last_logged(trainer, name_prefix(name)),
+                best=best, curve=(pre_curve if offset else []) + cb.history, logs=common.last_logged(trainer, name),
             )  # fmt: skip
             print(f"{name}: {steps} steps in {seconds:.0f} s ({seconds / steps:.2f} s/step); T=1: NLL_oracle "
                   f"{at_one['nll_oracle']:.3f}, NLL_test {at_one['nll_test']:.3f}; best sum {best['nll_oracle'] + best['nll_test']:.3f} "
@@ -236,10 +237,6 @@ def load_lm(path: str):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path)
-
-
-def name_prefix(name: str) -> str:
-    return {"MLE": "mle/", "CoT": "", "ψ-MLE": "psi_mle/", "GCN": "gcn/"}[name.split(" ")[0]]
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -301,12 +298,8 @@ def report(a, results, oracle, oracle_train, oracle_test, pre_seconds, gen_param
         "",
         f"![curves]({os.path.basename(png)})",
         "",
-        "## Companion statistics at the end of training (last logged values)",
-        "",
     ]
-    for name, r in results.items():
-        if r["logs"]:
-            lines.append(f"- **{name}**: " + ", ".join(f"`{k}` {v:.3g}" for k, v in sorted(r["logs"].items())))
+    lines += common.statistics_lines(results)
     with open(os.path.join(a.out, stem + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {os.path.join(a.out, stem + '.md')} and {png}; total {total / 60:.1f} min", flush=True)
