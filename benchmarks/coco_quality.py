@@ -273,16 +273,9 @@ def plot(results, train_row, path, a) -> None:
     ax.set_ylabel("BLEU-4 vs test (quality)")
     ax.set_title("temperature sweep (labels: T)")
     ax.legend(fontsize=8)
-    ax = axes[2]
-    for name, r in results.items():
-        ax.plot([c["step"] for c in r["curve"]], [c["nll_test"] for c in r["curve"]], marker=".", label=name)
-    ax.axvline(a.pretrain_steps, color="gray", ls=":", lw=1)
-    ax.set_xlabel("optimizer step (dotted: end of MLE pretraining)")
-    ax.set_title("NLL_test during training (1,000 test captions)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    common.plot_training_curves(axes[2], results, "nll_test", a.pretrain_steps,
+                                "NLL_test during training (1,000 test captions)")  # fmt: skip
+    common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -300,3 +300,23 @@ def environment_line(device: str, threads: int) -> str:
         where += f" ({torch.cuda.get_device_name()})"
     return (f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}; "
             f"{where}; code: {git_state()}")  # fmt: skip
+
+
+def plot_training_curves(ax: Any, results: dict[str, dict], key: str, pretrain_steps: int, title: str) -> None:
+    """``key`` against the optimizer step for every run with a curve, the end of MLE pretraining dotted."""
+    for name, r in results.items():
+        if r["curve"]:
+            ax.plot([c["step"] for c in r["curve"]], [c[key] for c in r["curve"]], marker=".", label=name)
+    ax.axvline(pretrain_steps, color="gray", ls=":", lw=1)
+    ax.set_xlabel("optimizer step (dotted: end of MLE pretraining)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+

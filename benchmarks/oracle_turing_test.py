@@ -325,16 +325,9 @@ def plot(results, oracle_train, oracle_test, path, a) -> None:
     ax.set_title("temperature sweep (labels: T)")
     ax.legend(fontsize=8)
     for ax, key in zip(axes[1:], ("nll_oracle", "nll_test")):
-        for name, r in results.items():
-            if r["curve"]:
-                ax.plot([c["step"] for c in r["curve"]], [c[key] for c in r["curve"]], marker=".", label=name)
-        ax.axvline(a.pretrain_steps, color="gray", ls=":", lw=1)
-        ax.set_xlabel("optimizer step (dotted: end of MLE pretraining)")
-        ax.set_title(f"{key} during training (T=1; 1,000 samples / 2,000 held-out)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        common.plot_training_curves(ax, results, key, a.pretrain_steps,
+                                    f"{key} during training (T=1; 1,000 samples / 2,000 held-out)")  # fmt: skip
+    common.save_figure(fig, path)
 
 
 if __name__ == "__main__":
