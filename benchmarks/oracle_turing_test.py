@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     a = common.parse_arguments(p, argv, QUICK, FULL)
     t_start = time.perf_counter()
 
+    from transformers import AutoModelForCausalLM
+
     from hfcoop.oracle import OracleLSTM
 
     oracle = OracleLSTM.from_npz(a.oracle, device=a.device)
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         init = build_generator(os.path.join(tmp, "init"), a.n_layer, a.n_embd, a.n_head, a.seed)
-        gen_params = common.count_parameters(load_lm(init))
+        gen_params = common.count_parameters(AutoModelForCausalLM.from_pretrained(init))
         # ---- phase 1: one MLE pretraining shared by every algorithm
         pretrained, pre_seconds, pre_curve = init, 0.0, []
         if a.pretrain_steps:
@@ -231,12 +233,6 @@ def main(argv: list[str] | None = None) -> None:
 
     total = time.perf_counter() - t_start
     report(a, results, oracle, oracle_train, oracle_test, pre_seconds, gen_params, total)
-
-
-def load_lm(path: str):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path)
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -404,14 +404,22 @@ def importance_weights(
         return torch.softmax(logits, dim=0)
     if groups.shape != log_w.shape:
         raise ValueError(f"importance_weights: {tuple(groups.shape)} group ids for {tuple(log_w.shape)} log-weights.")
-    _, group_index = torch.unique(groups, return_inverse=True)
-    num_groups = int(group_index.max()) + 1
+    group_index, num_groups = _group_index(groups)
     group_max = torch.full((num_groups,), float("-inf"), device=logits.device, dtype=logits.dtype).scatter_reduce(
         0, group_index, logits, reduce="amax"
     )
     shifted = torch.exp(logits - group_max[group_index])
-    group_sum = torch.zeros(num_groups, device=logits.device, dtype=logits.dtype).index_add(0, group_index, shifted)
-    return shifted / group_sum[group_index] / num_groups
+    return shifted / _group_sum(shifted, group_index, num_groups)[group_index] / num_groups
+
+
+def _group_index(groups: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Group ids -> (dense index 0..G-1 per element, G)."""
+    _, index = torch.unique(groups, return_inverse=True)
+    return index, int(index.max()) + 1
+
+
+def _group_sum(values: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    return torch.zeros(num_groups, device=values.device, dtype=values.dtype).index_add(0, index, values)
 
 
 def baseline_weights(weights: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -426,10 +434,9 @@ def baseline_weights(weights: torch.Tensor, groups: torch.Tensor | None = None) 
     """
     if groups is None:
         return weights - weights.mean()
-    _, index = torch.unique(groups, return_inverse=True)
-    sums = torch.zeros(int(index.max()) + 1, dtype=weights.dtype, device=weights.device).index_add(0, index, weights)
-    counts = torch.zeros_like(sums).index_add(0, index, torch.ones_like(weights))
-    return weights - (sums / counts)[index]
+    index, num_groups = _group_index(groups)
+    means = _group_sum(weights, index, num_groups) / _group_sum(torch.ones_like(weights), index, num_groups)
+    return weights - means[index]
 
 
 def weighted_nll_loss(seq_logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

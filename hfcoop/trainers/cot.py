@@ -108,8 +108,9 @@ class CoTTrainer(CooperativeTrainer):
         check_same_vocabulary(generator, companion, tokenizer, "mediator")
 
     def is_generator_step(self) -> bool:
+        # N_m counts from the end of the companion warm-up.
         step = self.state.global_step - self.args.companion_warmup_steps
-        return step >= 0 and step % self.args.mediator_steps == self.args.mediator_steps - 1
+        return self.generator_learns() and step % self.args.mediator_steps == self.args.mediator_steps - 1
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
