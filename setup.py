@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0,<6",
+        "transformers>=5.0",
         "accelerate>=1.10",
         "datasets>=3.0",
         "peft>=0.17",

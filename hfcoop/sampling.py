@@ -13,6 +13,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 from transformers import DynamicCache, GenerationConfig, GenerationMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 try:
     from peft import PeftModel
@@ -142,33 +145,76 @@ _LEAN_HARMLESS = {
 # multimodal inputs, rope scaling switches, ...): such models keep using ``generate``.
 _GENERATION_HOOKS = ("generate", "prepare_inputs_for_generation", "_prepare_cache_for_generation",
                      "_update_model_kwargs_for_generation")  # fmt: skip
-_LEAN_MODEL_CACHE: dict[type, bool] = {}
+# The name under which ``forward`` takes the KV cache: transformers 5.24 renamed GPT-2's / Llama's
+# ``past_key_values`` to ``cache`` (the old name stays accepted through a deprecation wrapper for a while), so the
+# loop looks the spelling up instead of assuming one.
+_CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")
+_LEAN_MODEL_CACHE: dict[type, tuple[str | None, str]] = {}  # class -> (cache argument name or None, reason)
+_REPORTED: set[tuple[type, str]] = set()
 
 
-def _lean_model_ok(model: nn.Module) -> bool:
+def _forward_parameters(cls: type) -> set[str]:
+    return set(inspect.signature(cls.forward).parameters)
+
+
+def _lean_model_check(cls: type) -> tuple[str | None, str]:
+    """``(cache argument name, "")`` when the lean loop can drive ``cls`` exactly as ``generate`` would, else
+    ``(None, why not)``."""
+    if not issubclass(cls, GenerationMixin):
+        return None, f"{cls.__name__} is not a GenerationMixin model"
+    if getattr(cls, "_is_stateful", False):
+        return None, f"{cls.__name__} has a stateful (recurrent/SSM) cache"
+    overridden = [h for h in _GENERATION_HOOKS if getattr(cls, h, None) is not getattr(GenerationMixin, h, None)]
+    if overridden:
+        return None, f"{cls.__name__} overrides {', '.join(overridden)} (its generation is special)"
+    params = _forward_parameters(cls)
+    missing = {"position_ids", "attention_mask"} - params
+    if missing:
+        return None, f"{cls.__name__}.forward takes no {', '.join(sorted(missing))}"
+    name = next((n for n in _CACHE_ARGUMENT_NAMES if n in params), None)
+    if name is None:
+        return None, f"{cls.__name__}.forward takes no KV cache argument (looked for {_CACHE_ARGUMENT_NAMES})"
+    return name, ""
+
+
+def lean_model_support(model: nn.Module) -> tuple[str | None, str]:
+    """Whether the lean loop can sample from ``model`` (a plain or PEFT-wrapped causal LM): ``(name of forward's
+    cache argument, "")``, or ``(None, reason)``."""
     base = model
     if PeftModel is not None and isinstance(model, PeftModel):
         if getattr(model.active_peft_config, "is_prompt_learning", False):
-            return False  # virtual tokens are injected by PeftModel.generate
+            return None, "a prompt-learning PEFT adapter injects virtual tokens in PeftModel.generate"
         base = model.get_base_model()
+    if getattr(getattr(base, "config", None), "is_encoder_decoder", False):
+        return None, "encoder-decoder models generate through their encoder"
     cls = type(base)
     if cls not in _LEAN_MODEL_CACHE:
-        params = inspect.signature(cls.forward).parameters
-        _LEAN_MODEL_CACHE[cls] = (
-            isinstance(base, GenerationMixin)
-            and not getattr(cls, "_is_stateful", False)
-            and {"past_key_values", "position_ids", "attention_mask"} <= set(params)
-            and all(getattr(cls, h, None) is getattr(GenerationMixin, h, None) for h in _GENERATION_HOOKS)
-        )
-    return _LEAN_MODEL_CACHE[cls] and not getattr(base.config, "is_encoder_decoder", False)
+        _LEAN_MODEL_CACHE[cls] = _lean_model_check(cls)
+    return _LEAN_MODEL_CACHE[cls]
+
+
+def _report_fallback(model: nn.Module, reason: str) -> None:
+    key = (type(model), reason)
+    if key not in _REPORTED:  # say it once per model class and reason, not every step
+        _REPORTED.add(key)
+        logger.warning(f"hfcoop: sampling with `generate` (slower) instead of the lean KV-cached loop: {reason}.")
 
 
 def lean_sampling_settings(model: nn.Module, generation_config: GenerationConfig) -> dict[str, Any] | None:
     """The loop's arguments if ``generate`` would do plain temperature/top-k/top-p sampling (or greedy) with EOS
-    stopping for this model and config, else None. The config is merged with the model's own generation config
-    and transformers' global defaults exactly as ``generate`` merges them, so both paths sample the same thing."""
-    if not _lean_model_ok(model):
-        return None
+    stopping for this model and config, else None (and the reason is logged once). The config is merged with the
+    model's own generation config and transformers' global defaults exactly as ``generate`` merges them, so both
+    paths sample the same thing."""
+    settings, reason = _lean_settings(model, generation_config)
+    if settings is None:
+        _report_fallback(model, reason)
+    return settings
+
+
+def _lean_settings(model: nn.Module, generation_config: GenerationConfig) -> tuple[dict[str, Any] | None, str]:
+    cache_argument, reason = lean_model_support(model)
+    if cache_argument is None:
+        return None, reason
     merged = copy.deepcopy(generation_config)
     own = getattr(model, "generation_config", None)
     if own is not None:
@@ -182,14 +228,15 @@ def lean_sampling_settings(model: nn.Module, generation_config: GenerationConfig
             continue
         if value is None or value is False or value == class_defaults.get(key) or value == global_defaults.get(key):
             continue
-        return None  # e.g. repetition_penalty, min_p, num_beams, stop_strings, return_dict_in_generate
+        # e.g. repetition_penalty, min_p, num_beams, stop_strings, return_dict_in_generate
+        return None, f"generation setting {key}={value!r} is not implemented by the loop"
     if merged.max_new_tokens is None or merged.num_return_sequences is None:
-        return None
+        return None, "max_new_tokens / num_return_sequences not set"
     eos = merged.eos_token_id
     eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     pad = merged.pad_token_id if merged.pad_token_id is not None else (eos[0] if eos else None)
     if eos and pad is None:
-        return None
+        return None, "an EOS id without a pad id"
     return {
         "max_new_tokens": int(merged.max_new_tokens),
         "do_sample": bool(merged.do_sample),
@@ -199,7 +246,7 @@ def lean_sampling_settings(model: nn.Module, generation_config: GenerationConfig
         "eos_token_ids": eos,
         "pad_token_id": pad,
         "num_return_sequences": int(merged.num_return_sequences),
-    }
+    }, ""
 
 
 def filter_logits(scores: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -256,9 +303,12 @@ def lean_sample(
     position_ids = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)
     attention_mask = None if bool((prompt_mask == 1).all()) else prompt_mask
     base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    cache_argument, reason = lean_model_support(model)
+    if cache_argument is None:
+        raise ValueError(f"lean_sample cannot drive this model: {reason}; use model.generate.")
     cache = DynamicCache(config=base.config.get_text_config(decoder=True))
-    kwargs: dict[str, Any] = {"past_key_values": cache, "use_cache": True}
-    if "logits_to_keep" in inspect.signature(type(base).forward).parameters:
+    kwargs: dict[str, Any] = {cache_argument: cache, "use_cache": True}
+    if "logits_to_keep" in _forward_parameters(type(base)):
         kwargs["logits_to_keep"] = 1
     eos = torch.tensor(eos_token_ids, device=device, dtype=torch.long) if eos_token_ids else None
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)

@@ -24,6 +24,25 @@ def coco_lines(n: int, split: str = "train") -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()][:n]
 
 
+VERSIONED = ("torch", "transformers", "accelerate", "datasets", "peft", "trl", "evaluate", "tokenizers",
+             "huggingface-hub", "safetensors", "deepspeed", "bitsandbytes", "sacrebleu", "rouge-score")
+
+
+def pytest_sessionstart(session) -> None:
+    """Prints the exact versions this run tests (CI installs the newest releases setup.py allows), also under -q."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in VERSIONED:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} -")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    line = "hfcoop tested with: " + ", ".join(found)
+    reporter.write_line(line) if reporter is not None else print(line)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> str:
     """A 1-layer GPT-2 with a word-level tokenizer trained on 500 COCO captions."""
