@@ -35,6 +35,10 @@ class ScriptArguments:
     tiny_model_layers: int = field(default=2, metadata={"help": "Layers of the tiny model."})
     tiny_model_hidden: int = field(default=64, metadata={"help": "Hidden size of the tiny model."})
     tiny_model_vocab_size: int = field(default=5000, metadata={"help": "Vocabulary size of the tiny tokenizer."})
+    tiny_model_positions: int | None = field(
+        default=None,
+        metadata={"help": "Positions of the tiny model (None: max_prompt_length + max_completion_length, at least 128)."},
+    )
     dataset_name: str | None = field(
         default=None, metadata={"help": "Training data: a Hub dataset id, a dataset folder, or a txt/json/jsonl/csv file."}
     )
@@ -66,6 +70,10 @@ class ScriptArguments:
     quality_samples: int = field(
         default=200, metadata={"help": "Samples generated for the before/after quality report (0: skip it)."}
     )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Build everything (config, data, models, trainer) and check it, then stop before training."},
+    )
 
 
 def _algorithm(name: str) -> tuple[type, type]:
@@ -85,6 +93,11 @@ def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]
     import yaml
     from trl import TrlParser
 
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    config = config or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config is not None and not os.path.isfile(config):
+        hint = " (recipe paths are relative to the repository root: run from there)" if not os.path.isabs(config) else ""
+        raise SystemExit(f"hfcoop: the --config file '{config}' does not exist{hint}.")
     parser = TrlParser(dataclass_types)
     try:
         return parser.parse_args_and_config(argv)
@@ -115,32 +128,81 @@ def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
         raise SystemExit(f"hfcoop: {err}") from None
 
 
+def check_model_reference(name: str | None, what: str) -> None:
+    """A model named by a path that does not exist gets a message saying so (not a Hub id-format error)."""
+    if not name or os.path.exists(name):
+        return
+    looks_like_path = name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
+    if looks_like_path:
+        raise SystemExit(f"hfcoop: the {what} path '{name}' does not exist. Check the path (relative paths start from "
+                         f"{os.getcwd()}), or give a Hub model id such as openai-community/gpt2.")  # fmt: skip
+
+
+def tiny_model_positions(script: ScriptArguments, args: Any, data_format: str) -> int:
+    """Enough positions for the recipe's prompt and completion budgets (prompt budget 128 when unset)."""
+    if script.tiny_model_positions is not None:
+        return script.tiny_model_positions
+    prompt = 1 if data_format == "text" else (args.max_prompt_length or 128)
+    return max(128, prompt + args.max_completion_length)
+
+
 def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: Any = None) -> str:
-    """The generator path; builds the tiny model (once, inside the run's folder) when asked to."""
+    """The generator path; builds the tiny model (once per settings and data, inside the run's folder) when asked to."""
     if script.model_name_or_path:
+        check_model_reference(script.model_name_or_path, "model_name_or_path")
         return script.model_name_or_path
     if not script.tiny_model:
         raise SystemExit("hfcoop: set `model_name_or_path` (Hub id or local path), or `tiny_model: true` for a demo.")
+    import hashlib
+
     from .tiny import build_tiny_model
 
-    path = os.path.join(args.output_dir, "tiny-base-model")
+    columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
+    texts = [row[c] for row in train for c in columns]
+    if generators:  # GENERE: the tokenizer must also cover what the black-box generators write
+        import random
+
+        rng = random.Random(0)
+        texts += [v for g in generators for _ in range(200) for v in g(rng).values()]
+    settings = dict(vocab_size=script.tiny_model_vocab_size, n_layer=script.tiny_model_layers,
+                    n_embd=script.tiny_model_hidden,
+                    n_positions=tiny_model_positions(script, args, "text" if "text" in columns else "prompt_completion"))  # fmt: skip
+    # The cached model is keyed by its settings and the texts its tokenizer learns from: a changed recipe or data
+    # set builds a new one instead of silently reusing the old.
+    digest = hashlib.sha256(json.dumps([settings, texts]).encode()).hexdigest()[:10]
+    path = os.path.join(args.output_dir, f"tiny-base-model-{digest}")
     with args.main_process_first(desc="tiny model"):  # under accelerate launch: built once, read by every rank
         if not os.path.isfile(os.path.join(path, "config.json")):
-            columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
-            texts = [row[c] for row in train for c in columns]
-            if generators:  # GENERE: the tokenizer must also cover what the black-box generators write
-                import random
-
-                rng = random.Random(0)
-                texts += [v for g in generators for _ in range(200) for v in g(rng).values()]
-            build_tiny_model(
-                path,
-                texts,
-                vocab_size=script.tiny_model_vocab_size,
-                n_layer=script.tiny_model_layers,
-                n_embd=script.tiny_model_hidden,
-            )
+            build_tiny_model(path, texts, **settings)
     return path
+
+
+def resolve_recipe_paths(script: ScriptArguments, argv: list[str]) -> None:
+    """Recipe data paths are written relative to the repository root; run from elsewhere, a path that does not exist
+    from the current folder is looked up from the recipe's folder upwards (a Hub id is left alone)."""
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    if config is None:
+        return
+    for name in ("dataset_name", "eval_dataset_name"):
+        value = getattr(script, name)
+        if not value or os.path.isabs(value) or os.path.exists(value):
+            continue
+        folder = os.path.dirname(os.path.abspath(config))
+        while True:
+            if os.path.exists(os.path.join(folder, value)):
+                setattr(script, name, os.path.join(folder, value))
+                break
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+
+
+def resume_setting(value: Any) -> str | bool | None:
+    """``--resume_from_checkpoint true`` means "the newest complete checkpoint", not a folder named "true"."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0", "none", ""):
+        return value.strip().lower() in ("true", "yes", "1") or None
+    return value
 
 
 def peft_config_from(script: ScriptArguments) -> Any:
@@ -172,8 +234,19 @@ def train(argv: list[str]) -> dict[str, Any]:
     name, argv = argv[0], argv[1:]
     config_cls, trainer_cls = _algorithm(name)
     script, args = parse((ScriptArguments, config_cls), argv)
+    resolve_recipe_paths(script, argv)
+    from .guards import check_output_dir, redact_command, resolve_resume
+
+    resume = resolve_resume(resume_setting(args.resume_from_checkpoint), args.output_dir)
+    args.resume_from_checkpoint = resume
+    # Before any data is loaded or model built: an earlier run here is refused (or cleared with overwrite).
+    if not script.dry_run:
+        check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=resume is not None,
+                         clear=args.should_save)  # fmt: skip
     train_ds, eval_ds = load_datasets(script)
     companion = () if name == "mle" else (companion_from(name, script),)
+    if name != "genere":
+        check_model_reference(script.companion_name_or_path, "companion_name_or_path")
     model = resolve_model(script, train_ds, args, companion[0] if name == "genere" else None)
     trainer = trainer_cls(
         model,
@@ -184,7 +257,14 @@ def train(argv: list[str]) -> dict[str, Any]:
         peft_config=peft_config_from(script),
     )
     trainer.dataset_names = [d for d in (script.dataset_name, script.eval_dataset_name) if d]
-    trainer.launch_command = "hfcoop train " + " ".join([name, *argv])
+    trainer.launch_command = redact_command(["hfcoop", "train", name, *argv], [args.hub_token])
+    if script.dry_run:
+        batch = next(iter(trainer.get_train_dataloader()))
+        print(f"hfcoop: dry run OK: {name} with {trainer.base_model_id}, {len(train_ds)} training rows"
+              f"{f', {len(eval_ds)} evaluation rows' if eval_ds is not None else ''}, first batch "
+              f"{tuple(batch['prompt_input_ids'].shape)} prompt + {tuple(batch['completion_input_ids'].shape)} "
+              "completion tokens; nothing was trained.")  # fmt: skip
+        return {}
     report: dict[str, Any] = {}
     # The report samples from the unwrapped generator with no collective ops, so the main process alone runs it.
     # Sharded parameters (ZeRO-3, FSDP) need every rank to sample, so there the report is skipped.
@@ -194,10 +274,9 @@ def train(argv: list[str]) -> dict[str, Any]:
         print("hfcoop: quality report skipped with sharded parameters; run `hfcoop evaluate` on the saved model.")
     if assess:
         report["before"] = quality(trainer, eval_ds, script.quality_samples)
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     if assess:
         report["after"] = quality(trainer, eval_ds, script.quality_samples)
-    trainer.save_model()
     if trainer.is_world_process_zero():
         from .plotting import plot_training_curves
 
@@ -206,9 +285,11 @@ def train(argv: list[str]) -> dict[str, Any]:
             with open(os.path.join(args.output_dir, "quality.json"), "w") as f:
                 json.dump(report, f, indent=2)
             print_quality(report)
+    # Written last, once: save_model() exports the generator and card and, with push_to_hub, uploads them (with
+    # the quality report and curves beside them).
+    trainer.save_model()
+    if trainer.is_world_process_zero():
         print(f"hfcoop: generator saved to {args.output_dir}")
-    if args.push_to_hub:
-        trainer.push_to_hub(dataset_name=trainer.dataset_names)
     return report
 
 
@@ -393,9 +474,15 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
             )  # fmt: skip
             rows += [{"prompt": prompt, "completion": t} for t in texts]
         prompts = []  # done
+    # As in training, prompts keep their last tokens: what fits the model's positions beside the new tokens.
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
+    keep = positions - a.max_new_tokens
+    if keep < 1:
+        raise SystemExit(f"hfcoop: --max_new_tokens {a.max_new_tokens} leaves no room for a prompt in the model's "
+                         f"{positions} positions: lower it.")  # fmt: skip
     with generation_mode(model) as g:
         for prompt in prompts:
-            ids = tokenizer(prompt)["input_ids"] if prompt else [start_token_id(tokenizer)]
+            ids = tokenizer(prompt)["input_ids"][-keep:] if prompt else [start_token_id(tokenizer)]
             prompt_ids, prompt_mask = pad_left([ids] * a.num_samples, tokenizer.pad_token_id)
             out, _ = sample_completions(g, prompt_ids, prompt_mask, config)
             rows += [{"prompt": prompt, "completion": t} for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
@@ -412,6 +499,30 @@ VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli, "sw
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HFCOOP_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        run(argv)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - the CLI turns every failure into one actionable line
+        if debug:
+            raise
+        raise SystemExit(f"hfcoop: {one_line(err)}\n(the full traceback: add --debug or set HFCOOP_DEBUG=1)") from None
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message (with the kind for errors whose message alone is unclear)."""
+    message = " ".join(str(err).split())
+    from .guards import known_secrets, redact_text
+
+    message = redact_text(message, known_secrets())
+    if isinstance(err, (ValueError, TypeError)) or type(err).__module__.startswith("hfcoop"):
+        return message or type(err).__name__
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def run(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print(f"verbs: {', '.join(VERBS)}; algorithms: {', '.join(ALGORITHMS)}")

@@ -48,7 +48,30 @@ def validate_dataset(dataset: Dataset | IterableDataset | None, dataset_name: st
                     f"{dataset_name} column '{column}' must hold strings, got {type(first[column]).__name__} "
                     "(conversational/message-list rows are not supported yet: render them to text first)."
                 )
+        check_text_columns(dataset, ("text",) if fmt == "text" else ("prompt", "completion"), dataset_name)
     return fmt
+
+
+def check_text_columns(dataset: Dataset, columns: tuple[str, ...], dataset_name: str) -> None:
+    """Missing cells (empty CSV cells, JSON nulls) and a target column that is empty in every row are refused,
+    with the row named. Arrow's null counts and string kernels keep this cheap on large datasets."""
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")
+    for column in columns:
+        values = table[column]
+        if values.null_count:
+            row = pc.index(pc.is_null(values), True).as_py()
+            raise ValueError(
+                f"{dataset_name} row {row} has no '{column}' (an empty CSV cell or a null): fill it or drop the row "
+                f"({values.null_count} such row(s) in all), e.g. `dataset.filter(lambda r: r['{column}'] is not None)`."
+            )
+    target = columns[-1]  # 'text' or 'completion': what the generator learns to write
+    if not pc.any(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(table[target])), 0)).as_py():
+        raise ValueError(
+            f"{dataset_name}: every '{target}' is empty, so there is nothing to learn. Check the column mapping "
+            "(task preset, column names) of your data."
+        )
 
 
 def start_token_id(tokenizer: Any) -> int:
@@ -159,8 +182,13 @@ def load_any_dataset(name_or_path: str, config_name: str | None = None, split: s
         ext = os.path.splitext(name_or_path)[1].lower()
         if ext not in _LOCAL_BUILDERS:
             raise ValueError(f"Unsupported data file {name_or_path}: use one of {sorted(_LOCAL_BUILDERS)}.")
+        check_data_file(name_or_path, ext)
         kwargs = {"field": "data"} if ext == ".json" and _has_data_field(name_or_path) else {}
-        dataset = load_dataset(_LOCAL_BUILDERS[ext], data_files={"data": name_or_path}, split="data", **kwargs)
+        try:
+            dataset = load_dataset(_LOCAL_BUILDERS[ext], data_files={"data": name_or_path}, split="data", **kwargs)
+        except Exception as err:  # noqa: BLE001 - datasets' errors name neither the file nor what to do
+            cause = " ".join(str(err.__cause__ or err).split())[:300]
+            raise ValueError(f"could not read the data file {name_or_path} as {ext[1:]}: {cause}") from err
         if ext == ".txt":
             dataset = dataset.filter(lambda row: bool(row["text"].strip()))
         return dataset
@@ -169,6 +197,55 @@ def load_any_dataset(name_or_path: str, config_name: str | None = None, split: s
     if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_dict.json")):
         return load_from_disk(name_or_path)[split]
     return load_dataset(name_or_path, config_name, split=split)
+
+
+def check_data_file(path: str, ext: str) -> None:
+    """Reads a local data file once and names the file and line of what would break loading: no content, bytes
+    that are not UTF-8, a JSON Lines row that is not one JSON object."""
+    import json
+
+    if ext == ".parquet":
+        return
+    records, first_bad = 0, None
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}, line {number}: bytes that are not UTF-8 ({raw[max(err.start - 10, 0) : err.end + 10]!r}). "
+                    "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+                ) from None
+            if not line.strip():
+                continue
+            records += 1
+            if ext == ".jsonl" and first_bad is None:
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        first_bad = (number, "it is not a JSON object")
+                except json.JSONDecodeError as err:
+                    first_bad = (number, err.msg)
+    if records == 0:
+        raise ValueError(f"the data file {path} is empty (no non-blank line): give it at least one row.")
+    if first_bad is not None:
+        raise ValueError(
+            f"{path}, line {first_bad[0]}: not a JSON object ({first_bad[1]}). Each line of a .jsonl file must be "
+            "one JSON object such as {\"prompt\": \"...\", \"completion\": \"...\"}."
+        )
+    if ext == ".json":
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            if err.msg != "Extra data":  # "Extra data": JSON Lines in a .json file, which datasets reads too
+                raise ValueError(f"{path}, line {err.lineno} column {err.colno}: not valid JSON ({err.msg}).") from None
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as line_err:
+                        raise ValueError(f"{path}, line {number}: not valid JSON ({line_err.msg}).") from None
 
 
 def _has_data_field(path: str) -> bool:

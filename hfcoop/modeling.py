@@ -105,6 +105,22 @@ def check_same_vocabulary(generator: nn.Module, companion: nn.Module, tokenizer:
             f"The tokenizer has {len(tokenizer)} tokens but the generator only {g} embeddings: call "
             "`model.resize_token_embeddings(len(tokenizer))` first."
         )
+    # Same size is not same vocabulary: two tokenizers of one size can map ids to different strings, and the
+    # per-token KL would then compare unrelated tokens. Compare with the companion's own tokenizer where it has one.
+    companion_path = getattr(getattr(companion, "config", None), "_name_or_path", None)
+    generator_path = getattr(getattr(generator, "config", None), "_name_or_path", None)
+    if companion_path and companion_path != generator_path and os.path.isdir(companion_path):
+        try:
+            companion_tokenizer = AutoTokenizer.from_pretrained(companion_path)
+        except (OSError, ValueError):  # a model folder without tokenizer files: nothing to compare with
+            return
+        if companion_tokenizer.get_vocab() != tokenizer.get_vocab():
+            differing = sorted(set(companion_tokenizer.get_vocab().items()) ^ set(tokenizer.get_vocab().items()))[:3]
+            raise ValueError(
+                f"Vocabulary mismatch: the {companion_name} at '{companion_path}' has as many tokens as the generator "
+                f"but a different vocabulary (e.g. {differing}). The {companion_name} must use the generator's "
+                f"tokenizer; pass `{companion_name}=None` to start it as a copy of the generator."
+            )
 
 
 def uses_logits_to_keep(model: nn.Module) -> bool:

@@ -22,6 +22,17 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from ..data import PromptCompletionCollator, tokenize_dataset, validate_dataset
+from ..guards import (
+    check_finite_gradients,
+    check_finite_loss,
+    check_finite_weights,
+    check_output_dir,
+    check_writable,
+    mark_checkpoint_complete,
+    NonFiniteTrainingError,
+    quarantine_checkpoint,
+    resolve_resume,
+)
 from ..losses import token_logprobs
 from ..model_card import write_model_card
 from ..modeling import (
@@ -51,9 +62,24 @@ class CooperativeConfig(TrainingArguments):
             "real and generated sequences are comparable."
         },
     )
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the training samples."})
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of the training samples (> 0). Anything but 1 (and top_k/top_p) "
+                  "samples from a distorted G, which biases the algorithms' estimators (they assume samples of G)."},
+    )
     top_k: int = field(default=0, metadata={"help": "Top-k filtering of the training samples (0: off)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering of the training samples (1.0: off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering of the training samples, in (0, 1] (1: off)."})
+    divergence_loss: float = field(
+        default=1e4,
+        metadata={"help": "Stop with an error (exit non-zero, nothing exported) when a step's loss is NaN/inf or "
+                  "exceeds this; a NaN/inf gradient norm stops it too. Losses are per token: a uniform guess over "
+                  "a million tokens costs 14 nats, so 1e4 only catches a run that already diverged (inf: off)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace an earlier run in output_dir (its model, checkpoints, companion and reports are "
+                  "removed first). Without it such an output_dir is refused unless you resume."},
+    )
     companion_warmup_steps: int = field(
         default=0,
         metadata={
@@ -89,7 +115,25 @@ class CooperativeConfig(TrainingArguments):
         """Whether some parameters can miss a backward pass (DDP must then search for unused parameters)."""
         return self.companion_warmup_steps > 0  # the generator sits out the warm-up steps
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Trainer pickles its arguments into checkpoints and Hub uploads (training_args.bin): never the token.
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
+
     def __post_init__(self) -> None:
+        if self.max_steps < -1:  # -1 is TrainingArguments' "not set: use num_train_epochs"
+            raise ValueError(f"max_steps must be > 0 (or -1 to train num_train_epochs epochs), got {self.max_steps}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 turns nucleus filtering off), got {self.top_p}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 turns top-k filtering off), got {self.top_k}.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not self.divergence_loss > 0:
+            raise ValueError(f"divergence_loss must be > 0 (inf turns the loss check off), got {self.divergence_loss}.")
+        if self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}.")
         if self.companion_warmup_steps < 0:
             raise ValueError(f"companion_warmup_steps must be >= 0, got {self.companion_warmup_steps}.")
         if self.companion_warmup_steps and not self.has_learned_companion:
@@ -133,6 +177,8 @@ class CooperativeTrainer(Trainer):
         # Cheap checks first: nothing is loaded or computed before the data and the Hub token are known good.
         if args.push_to_hub:
             check_hub_token(args.hub_token)
+        check_writable(args.output_dir)  # an unwritable folder fails now, not when the last step saves
+        self.check_sampling_settings(args)
         train_format = validate_dataset(train_dataset, "train_dataset")
         eval_format = validate_dataset(eval_dataset, "eval_dataset")
         self.data_format = train_format or eval_format
@@ -184,6 +230,9 @@ class CooperativeTrainer(Trainer):
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         """Compatibility checks between generator and companion, raised at construction."""
+
+    def check_sampling_settings(self, args: CooperativeConfig) -> None:
+        """Algorithms whose objective assumes samples of G itself warn about distorted sampling settings."""
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """One training step's loss; record statistics with :meth:`log_metric`."""
@@ -265,6 +314,40 @@ class CooperativeTrainer(Trainer):
             nll = -(token_logprobs(logits, ids) * mask).sum() / mask.sum().clamp(min=1)
         return nll.detach(), None, None
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """Trainer's ``train``, after the output folder and the checkpoint to resume from are checked.
+
+        ``resume_from_checkpoint=True`` picks the newest *complete* checkpoint (one whose save finished); an
+        earlier run in ``output_dir`` is refused unless ``overwrite_output_dir`` or resuming.
+        """
+        checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
+                         resuming=checkpoint is not None, clear=self.args.should_save)  # fmt: skip
+        self.args.overwrite_output_dir = False  # cleared once: the checkpoints this run writes are its own
+        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._stop_if_diverged(check_finite_loss, loss, self.state.global_step, self.args.divergence_loss)
+        return loss
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        # Trainer's global (all-reduced) gradient norm, checked before the optimizer applies it. Under fp16 the
+        # loss scaler skips steps with inf gradients by design, so only unscaled training stops here.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if getattr(self.accelerator, "scaler", None) is None and grad_norm is not None:
+            self._stop_if_diverged(check_finite_gradients, model.parameters(), self.state.global_step, grad_norm)
+        return grad_norm
+
+    def _stop_if_diverged(self, check: Any, *args: Any) -> None:
+        try:
+            check(*args)
+        except NonFiniteTrainingError as err:
+            # The weights that gave this loss are those of the current step: its checkpoint is no longer "good".
+            good = quarantine_checkpoint(self.args.output_dir, self.state.global_step) if self.args.should_save else None
+            where = f" Last good checkpoint: {good}." if good else " No good checkpoint was saved."
+            raise NonFiniteTrainingError(f"{err}{where} Nothing was exported.") from None
+
     def generator_learns(self) -> bool:
         """False during ``companion_warmup_steps``: the step then trains the companion alone."""
         return self.state.global_step >= self.args.companion_warmup_steps
@@ -275,7 +358,9 @@ class CooperativeTrainer(Trainer):
         companion = self.pair.companion
         if companion is None:
             return optimizer
-        companion_lr = self.args.companion_learning_rate or self.args.learning_rate
+        companion_lr = self.args.companion_learning_rate
+        if companion_lr is None:  # not `or`: 0.0 is a real setting (a frozen companion)
+            companion_lr = self.args.learning_rate
         companion_ids = {id(p) for p in companion.parameters()}
         groups = []
         for group in optimizer.param_groups:
@@ -318,6 +403,7 @@ class CooperativeTrainer(Trainer):
         if state_dict:  # DeepSpeed/FSDP hand us the gathered state dict of the whole pair
             for part in split:
                 split[part] = {k[len(part) + 1 :]: v for k, v in state_dict.items() if k.startswith(part + ".")}
+        check_finite_weights(pair.generator, "generator")
         save_module(pair.generator, output_dir, split["generator"])
         if pair.companion is not None and (self._checkpointing or self.args.save_companion):
             save_module(pair.companion, os.path.join(output_dir, self.companion_name), split["companion"])
@@ -327,6 +413,13 @@ class CooperativeTrainer(Trainer):
             f.write(self.args.to_json_string())
         if self._checkpointing:
             self.save_extra_state(output_dir)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # written last: an interrupted save leaves a checkpoint that is never resumed
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                mark_checkpoint_complete(folder, self.state.global_step)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if self.is_fsdp_enabled:  # sharded FSDP checkpoints hold the whole pair; Trainer knows how to load them
@@ -342,9 +435,16 @@ class CooperativeTrainer(Trainer):
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs: Any) -> Any:
         """Uploads the exported generator, its tokenizer and model card (never the companion unless asked)."""
+        # save_model() already pushes when args.push_to_hub is set; the same export pushed again (the usual
+        # save_model(); push_to_hub() sequence) would upload everything twice.
+        key = (self.state.global_step, repr(sorted((k, v) for k, v in kwargs.items() if k != "revision")))
+        if getattr(self, "_pushed", None) == key:
+            return getattr(self, "_push_result", None)
         self._exporting = True
         try:
-            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+            self._push_result = super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+            self._pushed = key
+            return self._push_result
         finally:
             self._exporting = False
 

@@ -12,6 +12,7 @@ every ``mediator_steps``-th step also updates the generator on those same sample
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,17 @@ class CoTTrainer(CooperativeTrainer):
                  peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
         super().__init__(model, mediator, args, train_dataset, eval_dataset, processing_class, peft_config,
                          callbacks, optimizers)  # fmt: skip
+
+    def check_sampling_settings(self, args: CoTConfig) -> None:
+        # Both objectives are expectations under G itself: the mediator must fit (p_data + G)/2 and the generator's
+        # KL(G||M) is taken on G's samples. Distorted samples bias both.
+        if args.temperature != 1.0 or args.top_k or args.top_p < 1.0:
+            warnings.warn(
+                f"CoT with temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}: the mediator then "
+                "learns (p_data + G')/2 for the distorted sampler G' and the generator's KL(G||M) is estimated on G' "
+                "samples, which biases both objectives. Use plain sampling (1.0, 0, 1.0) unless you mean it.",
+                stacklevel=3,
+            )
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
         if companion is None:
