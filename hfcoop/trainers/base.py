@@ -337,6 +337,13 @@ class CooperativeTrainer(Trainer):
             load_module_weights(pair.companion, os.path.join(resume_from_checkpoint, self.companion_name))
         self.load_extra_state(resume_from_checkpoint)
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        # DeepSpeed restores the pair's weights itself (never calling _load_from_checkpoint): the algorithm's own
+        # state (GENERE's mixture) is restored here, after the engine exists, like the optimizer's.
+        if checkpoint is not None and self.is_deepspeed_enabled:
+            self.load_extra_state(checkpoint)
+
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
