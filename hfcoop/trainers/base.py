@@ -329,12 +329,13 @@ class CooperativeTrainer(Trainer):
             self.save_extra_state(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        if self.is_fsdp_enabled:  # sharded FSDP checkpoints hold the whole pair; Trainer knows how to load them
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        pair = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_module_weights(pair.generator, resume_from_checkpoint)
-        if pair.companion is not None:
-            load_module_weights(pair.companion, os.path.join(resume_from_checkpoint, self.companion_name))
+        if self.is_fsdp_enabled:  # FSDP checkpoints (pytorch_model_fsdp*) hold the whole pair; Trainer loads them
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        else:
+            pair = self.accelerator.unwrap_model(model if model is not None else self.model)
+            load_module_weights(pair.generator, resume_from_checkpoint)
+            if pair.companion is not None:
+                load_module_weights(pair.companion, os.path.join(resume_from_checkpoint, self.companion_name))
         self.load_extra_state(resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:

@@ -41,7 +41,7 @@ def force_fsdp_on_cpu() -> None:
     GPU makes the state MULTI_CPU (plain DDP over gloo) and never FSDP, although FSDP2's `fully_shard` runs on CPU
     with gloo. This turns such a state into FSDP with the launch's FSDP plugin, so the CPU test exercises the
     sharded code path that a GPU launch takes. Never used by hfcoop itself."""
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType
 
     original = AcceleratorState.__init__
@@ -51,6 +51,8 @@ def force_fsdp_on_cpu() -> None:
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type = DistributedType.FSDP
             self.fsdp_plugin = fsdp_plugin
+            # Every later AcceleratorState() re-copies PartialState's fields: make the switch stick there too.
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
     AcceleratorState.__init__ = __init__
 
@@ -73,7 +75,7 @@ def main(model: str, data: str, root: str, algorithms: list[str]) -> None:
     common = [
         "--model_name_or_path", model, "--dataset_name", data, "--max_train_samples", "64", "--quality_samples", "0",
         "--max_steps", "3", "--save_steps", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "6",
-        "--optim", "sgd", "--learning_rate", "0.5", "--logging_steps", "1", "--save_companion", "true",
+        "--optim", "sgd", "--optim_args", "momentum=0.9", "--learning_rate", "0.5", "--logging_steps", "1", "--save_companion", "true",
         "--disable_tqdm", "true", "--use_cpu", "true", "--report_to", "none", "--seed", "0",
     ]  # fmt: skip
     for algorithm in algorithms:
