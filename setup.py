@@ -22,7 +22,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk"],  # nltk: reference BLEU in tests
+        # nltk: reference BLEU in tests; deepspeed: the ZeRO-2/3 tests (tests/test_sharded.py, CPU, needs g++)
+        "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk", "deepspeed>=0.16"],
         "deepspeed": ["deepspeed>=0.16"],
     },
     entry_points={"console_scripts": ["hfcoop=hfcoop.cli:main"]},

@@ -88,7 +88,9 @@ def load_tokenizer(processing_class: Any, model_name_or_path: str | None) -> Any
 
 
 def vocab_size_of(model: nn.Module) -> int:
-    return model.get_output_embeddings().weight.shape[0]
+    from .distributed import full_shape  # ZeRO-3 placeholders have shape 0
+
+    return full_shape(model.get_output_embeddings().weight)[0]
 
 
 def check_same_vocabulary(generator: nn.Module, companion: nn.Module, tokenizer: Any, companion_name: str) -> None:

@@ -58,7 +58,7 @@ def generation_mode(model: nn.Module, accelerator: Any = None, engine: Any = Non
 
     ``model`` is the (unwrapped) generator to sample from. Under DeepSpeed ZeRO-3 only its parameters are
     gathered, not the companion's, and the engine's partitioning hooks are lifted meanwhile (``engine`` is the
-    DeepSpeed engine that wraps the pair).
+    DeepSpeed engine that wraps the pair). Under FSDP2 ``engine`` is the pair's root unit, unsharded meanwhile.
     """
     was_training = model.training
     checkpointing = getattr(model, "is_activation_checkpointing", False)
@@ -76,6 +76,11 @@ def generation_mode(model: nn.Module, accelerator: Any = None, engine: Any = Non
                     yield model
                 finally:
                     add_hooks(engine)
+        elif engine is not None and getattr(getattr(accelerator, "state", None), "fsdp_plugin", None) is not None:
+            from .distributed import fsdp_root_unsharded
+
+            with fsdp_root_unsharded(engine):  # the embeddings/head of the pair's root unit, gathered
+                yield model
         else:
             yield model
     finally:

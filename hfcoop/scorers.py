@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 from .data import start_token_id
+from .distributed import full_shape, gathered, load_whole_state_dict, whole_state_dict
 from .modeling import PeftModel, load_tokenizer
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,7 +68,7 @@ def check_single_logit(model: nn.Module, name: str) -> None:
 def _zero_new_head(model: PreTrainedModel, names: list[str] | None = None) -> None:
     """A zero head starts the scorer at logit 0 (r = 1, D = 1/2): training starts from the unweighted objective."""
     prefix = model.base_model_prefix + "."
-    with torch.no_grad():
+    with torch.no_grad(), gathered(model, modify=True):
         for param_name, param in model.named_parameters():
             if (names is None and not param_name.startswith(prefix)) or (names is not None and param_name in names):
                 param.zero_()
@@ -89,8 +90,10 @@ def scorer_from_generator(generator: PreTrainedModel, pad_token_id: int | None, 
             f"{type(generator).__name__} has no sequence-classification counterpart in transformers; pass the "
             "companion explicitly as an AutoModelForSequenceClassification with num_labels=1."
         ) from err
-    backbone = getattr(scorer, scorer.base_model_prefix)
-    backbone.load_state_dict(getattr(generator, generator.base_model_prefix).state_dict())
+    # whole_state_dict / load_whole_state_dict: under ZeRO-3 both models are partitioned (shape-0 placeholders).
+    load_whole_state_dict(
+        getattr(scorer, scorer.base_model_prefix), whole_state_dict(getattr(generator, generator.base_model_prefix))
+    )
     _zero_new_head(scorer)
     scorer.config._name_or_path = generator.config._name_or_path
     return scorer.to(generator.device)
@@ -145,9 +148,9 @@ def load_scorer(
         # Decoder classifiers pool the last non-pad token and refuse batches without a pad id.
         base.config.pad_token_id = tokenizer.pad_token_id
     embeddings = base.get_input_embeddings()
-    if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
+    if embeddings is not None and len(tokenizer) > full_shape(embeddings.weight)[0]:
         raise ValueError(
-            f"The {name}'s tokenizer has {len(tokenizer)} tokens but the {name} only {embeddings.weight.shape[0]} "
+            f"The {name}'s tokenizer has {len(tokenizer)} tokens but the {name} only {full_shape(embeddings.weight)[0]} "
             f"embeddings: if the {name} uses another tokenizer than the generator, pass it (`scorer_tokenizer`)."
         )
     positions = max_positions(model)

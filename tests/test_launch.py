@@ -20,6 +20,7 @@ def test_the_five_launch_configs_exist_and_validate():
         "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
         "deepspeed_zero3.yaml": DistributedType.DEEPSPEED,
         "fsdp.yaml": DistributedType.FSDP,
+        "multi_node.yaml": DistributedType.MULTI_GPU,  # 2 machines; run on localhost in tests/test_sharded.py
     }
     assert set(CONFIGS) == set(expected)
     for name, kind in expected.items():

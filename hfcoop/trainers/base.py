@@ -422,13 +422,21 @@ class CooperativeTrainer(Trainer):
                 mark_checkpoint_complete(folder, self.state.global_step)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        if self.is_fsdp_enabled:  # sharded FSDP checkpoints hold the whole pair; Trainer knows how to load them
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        pair = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_module_weights(pair.generator, resume_from_checkpoint)
-        if pair.companion is not None:
-            load_module_weights(pair.companion, os.path.join(resume_from_checkpoint, self.companion_name))
+        if self.is_fsdp_enabled:  # FSDP checkpoints (pytorch_model_fsdp*) hold the whole pair; Trainer loads them
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        else:
+            pair = self.accelerator.unwrap_model(model if model is not None else self.model)
+            load_module_weights(pair.generator, resume_from_checkpoint)
+            if pair.companion is not None:
+                load_module_weights(pair.companion, os.path.join(resume_from_checkpoint, self.companion_name))
         self.load_extra_state(resume_from_checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        # DeepSpeed restores the pair's weights itself (never calling _load_from_checkpoint): the algorithm's own
+        # state (GENERE's mixture) is restored here, after the engine exists, like the optimizer's.
+        if checkpoint is not None and self.is_deepspeed_enabled:
+            self.load_extra_state(checkpoint)
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)

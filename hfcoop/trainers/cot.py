@@ -11,7 +11,6 @@ every ``mediator_steps``-th step also updates the generator on those same sample
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from transformers import PreTrainedModel
 
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
 from ..modeling import check_same_vocabulary, load_causal_lm, unpack_tokens
+from ..distributed import copy_model
 from .base import CooperativeConfig, CooperativeTrainer
 
 COT_CITATION = """@inproceedings{lu2019cot,
@@ -113,7 +113,7 @@ class CoTTrainer(CooperativeTrainer):
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
         if companion is None:
-            return copy.deepcopy(generator)
+            return copy_model(generator)  # ZeRO-3: rebuilt from the gathered weights
         return load_causal_lm(companion, name="mediator", trust_remote_code=args.trust_remote_code)
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
