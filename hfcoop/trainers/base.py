@@ -112,6 +112,9 @@ class CooperativeConfig(TrainingArguments):
             raise ValueError(f"companion_warmup_steps needs a learned companion model; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            # Nothing to pin for, and torch warns on every dataloader; TrainingArguments turns it off for use_cpu only.
+            self.dataloader_pin_memory = False
         super().__post_init__()
 
 
