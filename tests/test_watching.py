@@ -136,3 +136,35 @@ def test_preprocess_logits_for_metrics_is_applied(tiny_lm, coco_prompt_completio
                          compute_metrics=lambda p: {"ndim": p.predictions.ndim},
                          preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))  # fmt: skip
     assert trainer.evaluate()["eval_ndim"] == 2
+
+
+def test_completions_gathered_from_every_process_and_eval_metrics_under_ddp(tmp_path):
+    """2 gloo processes: the table holds both processes' rows (gather_object), evaluation logs generation metrics."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = os.path.join(root, "recipes", "data")
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "hfcoop.cli", "train", "psi_mle", "--tiny_model", "true",
+        "--dataset_name", os.path.join(data, "coco_train_sample.txt"),
+        "--eval_dataset_name", os.path.join(data, "coco_test_sample.txt"),
+        "--max_train_samples", "64", "--max_eval_samples", "16", "--quality_samples", "0",
+        "--tiny_model_hidden", "32", "--tiny_model_layers", "1", "--tiny_model_vocab_size", "300",
+        "--max_steps", "2", "--per_device_train_batch_size", "3", "--max_completion_length", "5",
+        "--log_completions_steps", "1", "--num_completions_to_log", "16", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--eval_generation_samples", "8", "--save_strategy", "no", "--report_to", "none",
+        "--output_dir", str(out), "--disable_tqdm", "true", "--use_cpu", "true", "--ddp_find_unused_parameters", "false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for step in (1, 2):
+        rows = [json.loads(line) for line in open(out / "completions" / f"completions_{step:05d}.jsonl")]
+        assert len(rows) == 2 * 3  # 3 samples on each of the 2 processes
+        if step == 1:
+            assert all(r["r"] == 1.0 for r in rows)  # the ratio model's zero head before its first update
+    assert "eval_generation/self-bleu-2" in result.stdout
