@@ -25,6 +25,12 @@ FIRST_STEP = [
 ]
 
 
+def rendered_prompts(trainer, dataset) -> set[str]:
+    """The dataset's prompts as the tokenizer renders them (the word-level tiny tokenizer drops unknown words)."""
+    tok = trainer.processing_class
+    return {tok.decode(tok(p)["input_ids"], skip_special_tokens=True) for p in dataset["prompt"]}
+
+
 def tensorboard_events(out: str) -> EventAccumulator:
     (folder,) = {os.path.dirname(p) for p in glob.glob(os.path.join(out, "**", "events.out.tfevents.*"), recursive=True)}
     events = EventAccumulator(folder, size_guidance={"tensors": 0, "scalars": 0})
@@ -61,12 +67,12 @@ def test_completions_table_with_companion_scores_in_tensorboard(
 def test_completions_table_only_on_its_steps_and_prompts_are_decoded(tiny_lm, coco_prompt_completion, tmp_path):
     out = str(tmp_path / "run")
     args = PsiMLEConfig(output_dir=out, max_steps=4, log_completions_steps=2, num_completions_to_log=2, **SMALL)
-    PsiMLETrainer(tiny_lm, args=args, train_dataset=coco_prompt_completion).train()
+    trainer = PsiMLETrainer(tiny_lm, args=args, train_dataset=coco_prompt_completion)
+    trainer.train()
     files = sorted(os.listdir(os.path.join(out, "completions")))
     assert files == ["completions_00002.jsonl", "completions_00004.jsonl"]
     rows = [json.loads(line) for line in open(os.path.join(out, "completions", files[0]))]
-    prompts = set(coco_prompt_completion["prompt"])
-    assert all(r["prompt"].strip() in prompts for r in rows)
+    assert all(r["prompt"] in rendered_prompts(trainer, coco_prompt_completion) for r in rows)
 
 
 def test_markdown_table_escapes_pipes_and_newlines():
@@ -168,3 +174,14 @@ def test_completions_gathered_from_every_process_and_eval_metrics_under_ddp(tmp_
         if step == 1:
             assert all(r["r"] == 1.0 for r in rows)  # the ratio model's zero head before its first update
     assert "eval_generation/self-bleu-2" in result.stdout
+
+
+def test_mle_draws_samples_only_for_its_completions_table(tiny_lm, coco_prompt_completion, tmp_path):
+    out = str(tmp_path / "run")
+    args = MLEConfig(output_dir=out, max_steps=2, log_completions_steps=2, num_completions_to_log=3, **SMALL)
+    trainer = MLETrainer(tiny_lm, args=args, train_dataset=coco_prompt_completion)
+    trainer.train()
+    assert os.listdir(os.path.join(out, "completions")) == ["completions_00002.jsonl"]
+    rows = [json.loads(line) for line in open(os.path.join(out, "completions", "completions_00002.jsonl"))]
+    assert len(rows) == 3 and set(rows[0]) == {"step", "prompt", "completion"}  # no companion, no score
+    assert all(r["prompt"] in rendered_prompts(trainer, coco_prompt_completion) for r in rows)

@@ -81,8 +81,8 @@ class CooperativeConfig(TrainingArguments):
     log_completions_steps: int = field(
         default=0,
         metadata={"help": "Every this-many optimizer steps, log a table of the step's sampled completions with the "
-                  "companion's score of each (CoT: KL(G||M) per token, psi-MLE: r, GCN: D) to TensorBoard / the "
-                  "`report_to` trackers and <output_dir>/completions/ (0: off)."},
+                  "companion's score of each (CoT: KL(G||M) per token, psi-MLE: r, GCN: D; MLE and GENERE sample a few "
+                  "just for the table) to TensorBoard / the `report_to` trackers and <output_dir>/completions/ (0: off)."},
     )
     num_completions_to_log: int = field(default=8, metadata={"help": "Rows per completions table."})
     eval_generation_samples: int = field(
@@ -275,6 +275,12 @@ class CooperativeTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> torch.Tensor:
         loss = self.cooperative_step(model, inputs)
+        if not self.samples_from_generator and self.completions_step() and not self._completion_rows:
+            # MLE / GENERE draw no samples to train on; a logging step draws a few just to show them (no score).
+            n = self.args.num_completions_to_log
+            prompt_ids = inputs["prompt_input_ids"][:n]
+            ids, mask = self.sample(prompt_ids, inputs["prompt_attention_mask"][:n])
+            self.record_completions(prompt_ids, ids, mask)
         # Per-sequence sums divided by the completion budget: a per-token scale that stays exact under
         # gradient accumulation and DDP (a constant, unlike the batch's token count).
         return loss / self.args.max_completion_length
