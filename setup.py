@@ -1,8 +1,13 @@
 from setuptools import find_packages, setup
 
+# Where hfcoop is published: the one place that names it. The model card links it (from the installed metadata);
+# the notebooks' install cell and the README quote it, and tests/test_repo.py checks that they agree with it.
+URL = "https://github.com/hfcoop/hfcoop"
+
 setup(
     name="hfcoop",
     version="0.1.0",
+    url=URL,
     description="Cooperative alternatives to maximum likelihood (CoT, psi-MLE, GCN, GENERE) for Hugging Face causal LMs",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",

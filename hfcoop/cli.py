@@ -1,8 +1,15 @@
-"""``hfcoop`` command line: ``train <algorithm> --config recipe.yaml``, ``evaluate``, ``generate``.
+"""``hfcoop`` command line.
+
+  hfcoop train <algorithm> --config recipe.yaml [--field value ...]   train (algorithms: mle cot psi_mle gcn genere)
+  hfcoop generate --model_name_or_path M [--dataset_name D | --prompts_file F] [--output_file out.jsonl]
+  hfcoop evaluate --model_name_or_path M --dataset_name D   |   hfcoop evaluate --predictions_file out.jsonl
+  hfcoop sweep --model_name_or_path M1 M2 --dataset_name D    quality-diversity curve over temperatures
+  hfcoop env                                                  versions and devices, for bug reports
 
 YAML recipes and command-line flags fill the same dataclasses (TRL's ``TrlParser``): the script arguments
 below plus the algorithm's ``XConfig`` (every ``TrainingArguments`` field). Flags override the YAML. Every verb
-also runs under ``accelerate launch -m hfcoop.cli ...``.
+also runs under ``accelerate launch -m hfcoop.cli ...``. ``hfcoop <verb> --help`` describes a verb's flags;
+``hfcoop train <algorithm> --help`` groups the trainer's own fields (``--help-all``: every inherited one too).
 """
 
 from __future__ import annotations
@@ -228,11 +235,82 @@ def companion_from(name: str, script: ScriptArguments) -> Any:
     return getattr(importlib.import_module(module_name), attribute)
 
 
+# TrainingArguments fields a recipe usually sets; the grouped help lists them by name (``--help-all``: all of them).
+COMMON_TRAINING_ARGUMENTS = (
+    "output_dir", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+    "num_train_epochs", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "bf16", "fp16",
+    "gradient_checkpointing", "eval_strategy", "eval_steps", "per_device_eval_batch_size", "logging_steps",
+    "save_steps", "save_total_limit", "report_to", "run_name", "seed", "resume_from_checkpoint", "push_to_hub",
+    "hub_model_id",
+)  # fmt: skip
+
+
+def _field_lines(dataclass_type: type, names: set[str] | None = None) -> list[str]:
+    """``--name (default)`` and its help text, for the fields of ``dataclass_type`` (or only ``names``)."""
+    import dataclasses
+    import textwrap
+
+    lines = []
+    for f in dataclasses.fields(dataclass_type):
+        if not f.init or (names is not None and f.name not in names):
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "required"
+        lines.append(f"  --{f.name} (default: {default})")
+        help_text = f.metadata.get("help", "")
+        if help_text:
+            lines += textwrap.wrap(help_text, 110, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return lines
+
+
+def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
+    """``hfcoop train <algorithm> --help``: hfcoop's own fields grouped, TrainingArguments' named, not described."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from .trainers import CooperativeConfig
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    shared = {f.name for f in dataclasses.fields(CooperativeConfig)}
+    own = {f.name for f in dataclasses.fields(config_cls)} - shared
+    inherited = sorted(base - set(COMMON_TRAINING_ARGUMENTS))
+    parts = [
+        f"usage: hfcoop train {name} --config recipe.yaml [--field value ...]   (YAML keys = flag names)",
+        "",
+        "Models and data (hfcoop):",
+        *_field_lines(ScriptArguments),
+        "",
+        f"{trainer_cls.algorithm_title} ({config_cls.__name__}'s own fields):",
+        *(_field_lines(config_cls, own) or ["  (no fields of its own)"]),
+        "",
+        "Shared by every hfcoop algorithm (CooperativeConfig):",
+        *_field_lines(config_cls, shared - base),
+        "",
+        "Most used transformers.TrainingArguments fields (same names and meaning as in Trainer / TRL):",
+        *__import__("textwrap").wrap(", ".join(f"--{n}" for n in COMMON_TRAINING_ARGUMENTS), 110,
+                                     initial_indent="  ", subsequent_indent="  "),
+        "",
+        f"{len(inherited)} more TrainingArguments fields are accepted; `hfcoop train {name} --help-all` describes them.",
+    ]  # fmt: skip
+    return "\n".join(parts)
+
+
 def train(argv: list[str]) -> dict[str, Any]:
     if not argv or argv[0].startswith("-"):
-        raise SystemExit(f"usage: hfcoop train <{'|'.join(ALGORITHMS)}> --config recipe.yaml [--flag value ...]")
+        raise SystemExit(f"usage: hfcoop train <{'|'.join(ALGORITHMS)}> --config recipe.yaml [--flag value ...]\n"
+                         "       hfcoop train <algorithm> --help")  # fmt: skip
     name, argv = argv[0], argv[1:]
     config_cls, trainer_cls = _algorithm(name)
+    if "--help-all" in argv:
+        argv = ["--help"]  # argparse's full help: every field, TrainingArguments' included
+    elif "-h" in argv or "--help" in argv:
+        print(train_help(name, config_cls, trainer_cls))
+        return {}
     script, args = parse((ScriptArguments, config_cls), argv)
     resolve_recipe_paths(script, argv)
     from .guards import check_output_dir, redact_command, resolve_resume
@@ -256,7 +334,11 @@ def train(argv: list[str]) -> dict[str, Any]:
         eval_dataset=eval_ds,
         peft_config=peft_config_from(script),
     )
-    trainer.dataset_names = [d for d in (script.dataset_name, script.eval_dataset_name) if d]
+    trainer.dataset_names = [script.dataset_name]
+    if script.eval_dataset_name:
+        trainer.eval_dataset_names = [script.eval_dataset_name]
+    elif script.dataset_eval_split:
+        trainer.eval_dataset_names = [f"{script.dataset_name} ({script.dataset_eval_split} split)"]
     trainer.launch_command = redact_command(["hfcoop", "train", name, *argv], [args.hub_token])
     if script.dry_run:
         batch = next(iter(trainer.get_train_dataloader()))
@@ -281,7 +363,7 @@ def train(argv: list[str]) -> dict[str, Any]:
         from .plotting import plot_training_curves
 
         plot_training_curves(trainer.state.log_history, os.path.join(args.output_dir, "training_curves.png"))
-        if report:
+        if report:  # before save_model: the model card reports it
             with open(os.path.join(args.output_dir, "quality.json"), "w") as f:
                 json.dump(report, f, indent=2)
             print_quality(report)
@@ -327,10 +409,21 @@ def print_quality(report: dict[str, dict[str, float]]) -> None:
 
 @dataclass
 class EvaluateArguments:
-    """``hfcoop evaluate``: quality of a saved generator on a dataset."""
+    """``hfcoop evaluate``: quality of a saved generator on a dataset, or of a file written by ``hfcoop generate``."""
 
-    model_name_or_path: str = field(metadata={"help": "Generator to evaluate (Hub id or local path)."})
-    dataset_name: str = field(metadata={"help": "Evaluation data (Hub id, folder or file)."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Generator to evaluate (Hub id or local path); not needed with predictions_file."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Evaluation data (Hub id, folder or file); with predictions_file only for unconditional "
+                  "samples, as their reference set."},
+    )
+    predictions_file: str | None = field(
+        default=None,
+        metadata={"help": "Score this jsonl from `hfcoop generate` (rows with `completion` and, for conditional data, "
+                  "`reference`) instead of sampling."},
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     task: str = field(default="auto", metadata={"help": "Column preset (see `hfcoop train --help`)."})
     split: str = field(default="test", metadata={"help": "Split of a Hub dataset."})
@@ -347,22 +440,50 @@ class EvaluateArguments:
 
 
 def evaluate_cli(argv: list[str]) -> dict[str, float]:
-    from .evaluation import generation_quality
-    from .modeling import load_causal_lm, load_tokenizer
-
     (a,) = parse((EvaluateArguments,), argv)
-    dataset = eval_dataset_from(a)
-    model = load_causal_lm(a.model_name_or_path)
-    tokenizer = load_tokenizer(None, a.model_name_or_path)
-    metrics = generation_quality(
-        model, tokenizer, dataset, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
-        max_prompt_length=a.max_prompt_length, batch_size=a.batch_size, seed=a.seed, temperature=a.temperature,
-    )  # fmt: skip
+    if a.predictions_file:
+        metrics = score_predictions_file(a)
+    else:
+        from .evaluation import generation_quality
+        from .modeling import load_causal_lm, load_tokenizer
+
+        if not a.model_name_or_path or not a.dataset_name:
+            raise SystemExit("hfcoop: evaluate needs --model_name_or_path and --dataset_name (or --predictions_file).")
+        dataset = eval_dataset_from(a)
+        model = load_causal_lm(a.model_name_or_path)
+        tokenizer = load_tokenizer(None, a.model_name_or_path)
+        metrics = generation_quality(
+            model, tokenizer, dataset, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
+            max_prompt_length=a.max_prompt_length, batch_size=a.batch_size, seed=a.seed, temperature=a.temperature,
+        )  # fmt: skip
     print(json.dumps(metrics, indent=2))
     if a.output_file:
         with open(a.output_file, "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
+
+
+def score_predictions_file(a: Any) -> dict[str, float]:
+    """Metrics of a ``hfcoop generate`` jsonl: against each row's ``reference`` (conditional), or against the texts
+    of ``dataset_name`` (unconditional samples: BLEU against the set, Self-BLEU)."""
+    from .metrics import compute_generation_metrics
+
+    with open(a.predictions_file) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows or any("completion" not in r for r in rows):
+        raise SystemExit(f"hfcoop: {a.predictions_file} needs one JSON object with a `completion` per line.")
+    predictions = [r["completion"].strip() for r in rows]
+    if all("reference" in r for r in rows):
+        references = [r["reference"].strip() for r in rows]
+        return compute_generation_metrics(predictions, references, task="conditional")
+    if not a.dataset_name:
+        raise SystemExit(f"hfcoop: {a.predictions_file} has no `reference` column: give --dataset_name as the "
+                         "reference set of these unconditional samples.")  # fmt: skip
+    dataset = eval_dataset_from(a)
+    if "text" not in dataset.column_names:
+        raise SystemExit("hfcoop: unconditional samples are scored against a `text` dataset.")
+    return compute_generation_metrics(predictions, [t.strip() for t in dataset["text"]], task="unconditional",
+                                      seed=a.seed)  # fmt: skip
 
 
 def eval_dataset_from(a: Any) -> Any:
@@ -425,17 +546,35 @@ def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
 
 @dataclass
 class GenerateArguments:
-    """``hfcoop generate``: sample from a saved generator."""
+    """``hfcoop generate``: sample from a saved generator (unconditionally, for prompts, or for a dataset's rows)."""
 
     model_name_or_path: str = field(metadata={"help": "Generator (Hub id or local path)."})
-    prompts_file: str | None = field(default=None, metadata={"help": "One prompt per line (none: unconditional)."})
-    num_samples: int = field(default=10, metadata={"help": "Samples (per prompt when prompts are given)."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Prompts from a dataset (Hub id, folder, jsonl/json/csv/parquet file) with prompt/completion "
+                  "columns or a --task preset; each output row keeps its prompt and reference."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    task: str = field(default="auto", metadata={"help": "Column preset (auto, summarization, question_generation, ...)."})
+    split: str = field(default="test", metadata={"help": "Split of a Hub dataset."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N rows of the dataset."})
+    prompts_file: str | None = field(
+        default=None, metadata={"help": "One single-line prompt per line (multi-line prompts: use --dataset_name)."}
+    )
+    num_samples: int | None = field(
+        default=None,
+        metadata={"help": "Samples per prompt (default: 1 per dataset row, 10 per prompts_file line or unconditional)."},
+    )
     max_new_tokens: int = field(default=32, metadata={"help": "Most tokens per sample."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Prompts keep their last N tokens (None: as many as fit the model)."}
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_k: int = field(default=0, metadata={"help": "Top-k filtering (0: off)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering (1.0: off)."})
+    batch_size: int = field(default=32, metadata={"help": "Rows per generation batch (plain sampling)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    output_file: str | None = field(default=None, metadata={"help": "Write samples here (jsonl)."})
+    output_file: str | None = field(default=None, metadata={"help": "Write the rows here (jsonl)."})
     decoding: str = field(
         default="sample",
         metadata={"help": "sample (plain ancestral sampling), resample (K candidates resampled by D) or mcts (MCTS "
@@ -446,6 +585,24 @@ class GenerateArguments:
     )
     num_candidates: int = field(default=8, metadata={"help": "resample: candidates per sample."})
     num_simulations: int = field(default=16, metadata={"help": "mcts: simulations per token."})
+
+
+def generation_requests(a: Any) -> list[dict[str, str]]:
+    """One ``{"prompt", ["reference"]}`` per sample to draw, from the dataset, the prompts file or BOS."""
+    if a.dataset_name and a.prompts_file:
+        raise SystemExit("hfcoop: give either --dataset_name or --prompts_file, not both.")
+    if a.dataset_name:
+        dataset = eval_dataset_from(a)
+        if "prompt" not in dataset.column_names:
+            raise SystemExit("hfcoop: generate --dataset_name needs prompt/completion rows (or a --task preset that "
+                             "makes them); for unconditional samples leave out the dataset.")  # fmt: skip
+        n = a.num_samples or 1
+        return [{"prompt": r["prompt"], "reference": r["completion"]} for r in dataset for _ in range(n)]
+    n = a.num_samples or 10
+    if a.prompts_file:
+        with open(a.prompts_file) as f:
+            return [{"prompt": line.rstrip("\n")} for line in f if line.strip() for _ in range(n)]
+    return [{"prompt": ""}] * n
 
 
 def generate_cli(argv: list[str]) -> list[dict[str, str]]:
@@ -460,40 +617,44 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
         raise SystemExit(f"hfcoop: unknown decoding '{a.decoding}'. Choose sample, resample or mcts.")
     if a.decoding != "sample" and not a.discriminator_name_or_path:
         raise SystemExit(f"hfcoop: --decoding {a.decoding} needs --discriminator_name_or_path.")
+    requests = generation_requests(a)
     torch.manual_seed(a.seed)
     model = load_causal_lm(a.model_name_or_path)
     tokenizer = load_tokenizer(None, a.model_name_or_path)
     config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p)
-    if a.prompts_file:
-        with open(a.prompts_file) as f:
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
-    else:
-        prompts = [""]
-    rows = []
+    completions: list[str] = []
     if a.decoding != "sample":
         from .cooperative_decoding import cooperative_generate
 
-        for prompt in prompts:
-            texts = cooperative_generate(
-                model, a.discriminator_name_or_path, [prompt] * a.num_samples if prompt else None,
-                num_samples=a.num_samples, tokenizer=tokenizer, method=a.decoding, max_new_tokens=a.max_new_tokens,
+        # Requests for one prompt are consecutive: one cooperative call per run of equal prompts.
+        start = 0
+        while start < len(requests):
+            prompt, end = requests[start]["prompt"], start
+            while end < len(requests) and requests[end]["prompt"] == prompt:
+                end += 1
+            completions += cooperative_generate(
+                model, a.discriminator_name_or_path, [prompt] * (end - start) if prompt else None,
+                num_samples=end - start, tokenizer=tokenizer, method=a.decoding, max_new_tokens=a.max_new_tokens,
                 temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, num_candidates=a.num_candidates,
                 num_simulations=a.num_simulations,
             )  # fmt: skip
-            rows += [{"prompt": prompt, "completion": t} for t in texts]
-        prompts = []  # done
-    # As in training, prompts keep their last tokens: what fits the model's positions beside the new tokens.
-    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
-    keep = positions - a.max_new_tokens
-    if keep < 1:
-        raise SystemExit(f"hfcoop: --max_new_tokens {a.max_new_tokens} leaves no room for a prompt in the model's "
-                         f"{positions} positions: lower it.")  # fmt: skip
-    with generation_mode(model) as g:
-        for prompt in prompts:
-            ids = tokenizer(prompt)["input_ids"][-keep:] if prompt else [start_token_id(tokenizer)]
-            prompt_ids, prompt_mask = pad_left([ids] * a.num_samples, tokenizer.pad_token_id)
-            out, _ = sample_completions(g, prompt_ids, prompt_mask, config)
-            rows += [{"prompt": prompt, "completion": t} for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+            start = end
+    else:
+        # As in training, prompts keep their last tokens: what fits the model's positions beside the new tokens.
+        limit = a.max_prompt_length or (getattr(model.config, "max_position_embeddings", None) or 10**9) - a.max_new_tokens
+        if limit < 1:
+            raise SystemExit(f"hfcoop: --max_new_tokens {a.max_new_tokens} leaves no room for a prompt in the model's "
+                             "positions: lower it.")  # fmt: skip
+        with generation_mode(model) as g:
+            for start in range(0, len(requests), a.batch_size):
+                batch = requests[start : start + a.batch_size]
+                ids = [tokenizer(r["prompt"])["input_ids"][-limit:] if r["prompt"] else [start_token_id(tokenizer)]
+                       for r in batch]  # fmt: skip
+                prompt_ids, prompt_mask = pad_left(ids, tokenizer.pad_token_id)
+                out, _ = sample_completions(g, prompt_ids, prompt_mask, config)
+                completions += tokenizer.batch_decode(out, skip_special_tokens=True)
+    rows = [{"prompt": r["prompt"], "completion": c, **({"reference": r["reference"]} if "reference" in r else {})}
+            for r, c in zip(requests, completions)]  # fmt: skip
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
     if a.output_file:
@@ -502,7 +663,13 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     return rows
 
 
-VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli, "sweep": sweep_cli}
+def env_cli(argv: list[str]) -> dict[str, str]:
+    from .env import print_env
+
+    return print_env()
+
+
+VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli, "sweep": sweep_cli, "env": env_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

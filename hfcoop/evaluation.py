@@ -65,8 +65,9 @@ def generation_quality(
     batch_size: int = 32,
     seed: int = 0,
     temperature: float = 1.0,
+    with_nll: bool = True,
 ) -> dict[str, float]:
-    """Sample-based metrics plus reference NLL, as described in the module docstring (seeded, restores RNG)."""
+    """Sample-based metrics plus reference NLL (``with_nll``), as in the module docstring (seeded, restores RNG)."""
     fmt = detect_format(dataset.column_names, "evaluation dataset")
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -76,7 +77,8 @@ def generation_quality(
             samples = sample_texts(model, tokenizer, None, num_samples, max_new_tokens, batch_size=batch_size,
                                    temperature=temperature)  # fmt: skip
             metrics = compute_generation_metrics(samples, references, task="unconditional", seed=seed)
-            nll = reference_nll(model, tokenizer, list(dataset["text"])[:2000], batch_size=batch_size)
+            if with_nll:
+                nll = reference_nll(model, tokenizer, list(dataset["text"])[:2000], batch_size=batch_size)
         else:
             rows = dataset.select(range(min(num_samples, len(dataset))))
             prompts = list(rows["prompt"])
@@ -86,9 +88,11 @@ def generation_quality(
             metrics = compute_generation_metrics(samples, references, task="conditional")
             # Score as training tokenises (hfcoop.data.tokenize_row): the prompt gets BOS only if the tokenizer adds it.
             adds_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
-            nll = reference_nll(model, tokenizer, list(rows["completion"]), prompts=prompts, batch_size=batch_size,
-                                max_prompt_length=max_prompt_length, add_bos=adds_bos)  # fmt: skip
+            if with_nll:
+                nll = reference_nll(model, tokenizer, list(rows["completion"]), prompts=prompts, batch_size=batch_size,
+                                    max_prompt_length=max_prompt_length, add_bos=adds_bos)  # fmt: skip
     finally:
         torch.random.set_rng_state(rng_state)
-    metrics["nll_per_token"] = nll["nll_per_token"]
+    if with_nll:
+        metrics["nll_per_token"] = nll["nll_per_token"]
     return {k: float(v) for k, v in metrics.items()}

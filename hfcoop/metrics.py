@@ -7,7 +7,8 @@ by a pure function that can also be called directly.  Protocols:
   ``sacrebleu.corpus_bleu`` (default 13a tokenisation, 4-gram, no smoothing beyond
   sacrebleu's default ``exp``).  Each prediction may have one reference string or a
   list of references (lists may differ in length; missing slots are passed to
-  sacrebleu as ``None``).  Score in 0..100 as sacrebleu reports it.
+  sacrebleu as ``None``).  Score and precisions in 0..1 (sacrebleu's 0..100 divided by
+  100, so that every score in a report shares one scale).
 * ``SentenceBLEU`` / :func:`sentence_bleu_score` -- the CoT / psi-MLE / Texygen
   protocol for unconditional generation: every generated sentence is scored with
   sentence-level BLEU-n against the WHOLE reference set (all test sentences are its
@@ -187,7 +188,7 @@ def corpus_bleu_score(
     """Corpus BLEU via ``sacrebleu.corpus_bleu``.
 
     ``references[i]`` is one reference string or a list of reference strings for
-    ``predictions[i]``.  Returns ``bleu`` (0..100), ``precisions`` (1..4-gram, %),
+    ``predictions[i]``.  Returns ``bleu`` (0..1: sacrebleu's score / 100), ``precisions`` (1..4-gram, 0..1),
     ``brevity_penalty``, ``sys_len`` and ``ref_len``.
     """
     if len(predictions) != len(references):
@@ -200,8 +201,8 @@ def corpus_bleu_score(
     streams = [[r[k] if k < len(r) else None for r in refs] for k in range(n_streams)]
     result = sacrebleu.corpus_bleu(list(predictions), streams, tokenize=tokenize, lowercase=lowercase)
     return {
-        "bleu": float(result.score),
-        "precisions": [float(p) for p in result.precisions],
+        "bleu": float(result.score) / 100,
+        "precisions": [float(p) / 100 for p in result.precisions],
         "brevity_penalty": float(result.bp),
         "sys_len": int(result.sys_len),
         "ref_len": int(result.ref_len),
@@ -483,7 +484,7 @@ class CorpusBLEU(evaluate.Metric):
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
-            description="Corpus-level BLEU computed with sacrebleu.corpus_bleu (score 0..100).",
+            description="Corpus-level BLEU computed with sacrebleu.corpus_bleu (score 0..1: sacrebleu's / 100).",
             citation=_BLEU_CITATION
             + "\n@inproceedings{post2018call, title={A Call for Clarity in Reporting BLEU Scores},"
             " author={Post, Matt}, booktitle={WMT}, year={2018}}",
@@ -682,7 +683,7 @@ def compute_generation_metrics(
       returns ``bleu-2..5`` (Texygen vs. the set), ``self-bleu-2..5`` and
       ``distinct-1..3``.  ``max_samples``/``seed`` subsample scored sentences.
     * ``"conditional"`` (summarisation, question generation; references aligned
-      1:1, each a string or list of strings): corpus ``bleu`` (0..100, sacrebleu),
+      1:1, each a string or list of strings): corpus ``bleu`` (sacrebleu, 0..1),
       ``rouge1/2/L`` and ``distinct-1..3``.
     """
     if task == "unconditional":

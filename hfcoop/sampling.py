@@ -111,7 +111,8 @@ def sample_completions(
         generation_config.num_return_sequences = num_return_sequences
     lean = lean_sampling_settings(model, generation_config)
     if lean is not None:
-        completion_ids = lean_sample(model, prompt_ids, prompt_mask, **lean)
+        with padding_check_off(model):
+            completion_ids = lean_sample(model, prompt_ids, prompt_mask, **lean)
     else:
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation_config)
         completion_ids = out[:, prompt_ids.shape[1] :]
@@ -337,6 +338,29 @@ def lean_sample(
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
     return torch.stack(tokens, dim=1)
+
+
+def _no_padding_check(input_ids: Any, attention_mask: Any) -> None:
+    return None
+
+
+@contextmanager
+def padding_check_off(model: nn.Module) -> Iterator[None]:
+    """Without an attention mask transformers warns that inputs holding the pad id "may be padded" (``pad == EOS``
+    or ``pad == BOS``: every unconditional prompt is BOS, every finished row continues with pad). The lean loop drops
+    the mask only when it is all ones (with a mask transformers skips the check), so nothing is padded: the warning
+    does not apply and is switched off for the loop's own forwards (an instance attribute on each sub-model,
+    removed afterwards)."""
+    from transformers import PreTrainedModel
+
+    silenced = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    for module in silenced:
+        module.__dict__["warn_if_padding_and_no_attention_mask"] = _no_padding_check
+    try:
+        yield
+    finally:
+        for module in silenced:
+            module.__dict__.pop("warn_if_padding_and_no_attention_mask", None)
 
 
 def _is_zero3(accelerator: Any) -> bool:

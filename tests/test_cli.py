@@ -36,7 +36,11 @@ def test_train_generate_evaluate(tmp_path, capsys):
     assert quality["before"]["nll_per_token"] != quality["after"]["nll_per_token"]
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
     assert os.path.isfile(os.path.join(out, "training_curves.png"))
-    assert "hfcoop train cot" in open(os.path.join(out, "README.md")).read()
+    card = open(os.path.join(out, "README.md")).read()
+    assert "hfcoop train cot" in card
+    assert f"| nll_per_token | {quality['before']['nll_per_token']:.4f} | {quality['after']['nll_per_token']:.4f} |" in card
+    assert "datasets:" not in card.split("---")[1]  # local files are no Hub dataset ids
+    assert "**Evaluation data:** " + os.path.join(DATA, "coco_test_sample.txt") in card
 
     main(["generate", "--model_name_or_path", out, "--num_samples", "3", "--max_new_tokens", "6"])
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

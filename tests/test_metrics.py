@@ -198,13 +198,13 @@ REFS_B = ["a cat was sitting on the mat", "a fast brown fox jumps", "hi there"]
 def test_corpus_bleu_matches_sacrebleu_single_and_multi_reference():
     direct = sacrebleu.corpus_bleu(PREDS, [REFS_A])
     got = CorpusBLEU().compute(predictions=PREDS, references=REFS_A)
-    assert got["bleu"] == pytest.approx(direct.score, abs=1e-9)
-    assert got["precisions"] == pytest.approx(direct.precisions)
+    assert got["bleu"] == pytest.approx(direct.score / 100, abs=1e-9)
+    assert got["precisions"] == pytest.approx([p / 100 for p in direct.precisions])
     assert got["brevity_penalty"] == pytest.approx(direct.bp)
 
     direct2 = sacrebleu.corpus_bleu(PREDS, [REFS_A, REFS_B])
     got2 = corpus_bleu_score(PREDS, [[a, b] for a, b in zip(REFS_A, REFS_B)])
-    assert got2["bleu"] == pytest.approx(direct2.score, abs=1e-9)
+    assert got2["bleu"] == pytest.approx(direct2.score / 100, abs=1e-9)
     assert got2["bleu"] != pytest.approx(got["bleu"])
 
 
@@ -212,15 +212,15 @@ def test_corpus_bleu_variable_number_of_references():
     # Repeating a reference never changes BLEU, so padding the short list by repetition is a reference value.
     refs = [[REFS_A[0], REFS_B[0]], [REFS_A[1]], [REFS_A[2], REFS_B[2]]]
     direct = sacrebleu.corpus_bleu(PREDS, [REFS_A, [REFS_B[0], REFS_A[1], REFS_B[2]]])
-    assert corpus_bleu_score(PREDS, refs)["bleu"] == pytest.approx(direct.score, abs=1e-9)
-    assert CorpusBLEU().compute(predictions=PREDS, references=refs)["bleu"] == pytest.approx(direct.score, abs=1e-9)
+    assert corpus_bleu_score(PREDS, refs)["bleu"] == pytest.approx(direct.score / 100, abs=1e-9)
+    assert CorpusBLEU().compute(predictions=PREDS, references=refs)["bleu"] == pytest.approx(direct.score / 100, abs=1e-9)
 
 
 def test_corpus_bleu_add_batch_then_compute():
     metric = CorpusBLEU()
     metric.add_batch(predictions=PREDS[:2], references=[[r] for r in REFS_A[:2]])
     metric.add_batch(predictions=PREDS[2:], references=[[r] for r in REFS_A[2:]])
-    assert metric.compute()["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS_A]).score, abs=1e-9)
+    assert metric.compute()["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS_A]).score / 100, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------- Rouge / DistinctN
@@ -251,7 +251,7 @@ def test_distinct_n_hand_computed():
 def test_evaluate_combine_two_metrics():
     combined = evaluate.combine([CorpusBLEU(), Rouge()])
     got = combined.compute(predictions=PREDS, references=REFS_A)
-    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS_A]).score, abs=1e-9)
+    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS_A]).score / 100, abs=1e-9)
     assert got["rouge1"] == pytest.approx(rouge_f_scores(PREDS, REFS_A)["rouge1"], abs=1e-12)
     assert {"rouge2", "rougeL", "brevity_penalty"} <= set(got)
 
@@ -283,7 +283,7 @@ def test_compute_generation_metrics():
     assert uncond["self-bleu-4"] == pytest.approx(nltk_self_bleu(gens, 4), abs=1e-9)
     cond = compute_generation_metrics(PREDS, REFS_A, task="conditional")
     assert set(cond) == {"bleu", "rouge1", "rouge2", "rougeL", "distinct-1", "distinct-2", "distinct-3"}
-    assert cond["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS_A]).score, abs=1e-9)
+    assert cond["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS_A]).score / 100, abs=1e-9)
     with pytest.raises(ValueError):
         compute_generation_metrics(PREDS, REFS_A, task="translation")
 

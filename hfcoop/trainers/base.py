@@ -44,6 +44,7 @@ from ..modeling import (
     sequence_inputs,
 )
 from ..sampling import build_generation_config, generation_mode, sample_completions
+from ..watching import CompletionsLogger, write_completions
 
 
 @dataclass
@@ -103,6 +104,18 @@ class CooperativeConfig(TrainingArguments):
         default=False, metadata={"help": "Kept False: hfcoop's collator needs its tokenised columns."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+    log_completions_steps: int = field(
+        default=0,
+        metadata={"help": "Every this-many optimizer steps, log a table of the step's sampled completions with the "
+                  "companion's score of each (CoT: KL(G||M) per token, psi-MLE: r, GCN: D; MLE and GENERE sample a few "
+                  "just for the table) to TensorBoard / the `report_to` trackers and <output_dir>/completions/ (0: off)."},
+    )
+    num_completions_to_log: int = field(default=8, metadata={"help": "Rows per completions table."})
+    eval_generation_samples: int = field(
+        default=64,
+        metadata={"help": "At each evaluation, sample this many completions (one per eval prompt, or from BOS) and "
+                  "log BLEU / Self-BLEU / ROUGE / distinct-n (all in [0, 1]) as eval_generation/* (0: off)."},
+    )
 
     has_learned_companion: ClassVar[bool] = True  # False: no companion model (MLE, GENERE's mixture weights)
 
@@ -136,10 +149,16 @@ class CooperativeConfig(TrainingArguments):
             raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}.")
         if self.companion_warmup_steps < 0:
             raise ValueError(f"companion_warmup_steps must be >= 0, got {self.companion_warmup_steps}.")
+        if self.log_completions_steps < 0 or self.num_completions_to_log < 1 or self.eval_generation_samples < 0:
+            raise ValueError("log_completions_steps and eval_generation_samples must be >= 0, num_completions_to_log "
+                             ">= 1.")  # fmt: skip
         if self.companion_warmup_steps and not self.has_learned_companion:
             raise ValueError(f"companion_warmup_steps needs a learned companion model; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            # Nothing to pin for, and torch warns on every dataloader; TrainingArguments turns it off for use_cpu only.
+            self.dataloader_pin_memory = False
         super().__post_init__()
 
 
@@ -157,6 +176,7 @@ class CooperativeTrainer(Trainer):
     citation: str = ""
     # Our losses are means over the micro-batch's sequences; Trainer divides them by the accumulation steps.
     loss_is_scaled_for_ga = False
+    samples_from_generator: bool = False  # True: each step samples from G (CoT, psi-MLE, GCN), so sampling settings apply
 
     def __init__(
         self,
@@ -169,6 +189,8 @@ class CooperativeTrainer(Trainer):
         peft_config: Any = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple[Any, Any] = (None, None),
+        compute_metrics: Any = None,
+        preprocess_logits_for_metrics: Any = None,
     ) -> None:
         if args is None:
             args = self.config_class(output_dir=f"hfcoop-{self.algorithm}")
@@ -216,7 +238,12 @@ class CooperativeTrainer(Trainer):
             processing_class=tokenizer,
             callbacks=callbacks,
             optimizers=optimizers,
+            compute_metrics=compute_metrics,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        self.raw_eval_dataset = eval_dataset  # untokenised: the generation metrics need its texts
+        self._completion_rows: list[dict[str, Any]] = []
+        self.add_callback(CompletionsLogger(self))
         self.generation_config = build_generation_config(
             tokenizer, args.max_completion_length, args.temperature, args.top_k, args.top_p
         )
@@ -297,14 +324,25 @@ class CooperativeTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> torch.Tensor:
         loss = self.cooperative_step(model, inputs)
+        if not self.samples_from_generator and self.completions_step() and not self._completion_rows:
+            # MLE / GENERE draw no samples to train on; a logging step draws a few just to show them (no score).
+            n = self.args.num_completions_to_log
+            prompt_ids = inputs["prompt_input_ids"][:n]
+            ids, mask = self.sample(prompt_ids, inputs["prompt_attention_mask"][:n])
+            self.record_completions(prompt_ids, ids, mask)
         # Per-sequence sums divided by the completion budget: a per-token scale that stays exact under
         # gradient accumulation and DDP (a constant, unlike the batch's token count).
         return loss / self.args.max_completion_length
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool, ignore_keys: Any = None
-    ) -> tuple[torch.Tensor, None, None]:
-        """Evaluation loss = the generator's per-token NLL of the eval completions (teacher forced)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Evaluation loss = the generator's per-token NLL of the eval completions (teacher forced).
+
+        For ``compute_metrics`` (as in ``Trainer``) also returns the completion logits and labels, already aligned:
+        ``predictions[i, t]`` are the logits that predict ``label_ids[i, t]``; prompt and padding positions are
+        absent or -100.
+        """
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
@@ -312,7 +350,82 @@ class CooperativeTrainer(Trainer):
                 generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask)
             )
             nll = -(token_logprobs(logits, ids) * mask).sum() / mask.sum().clamp(min=1)
-        return nll.detach(), None, None
+        if prediction_loss_only:
+            return nll.detach(), None, None
+        return nll.detach(), logits.detach(), ids.masked_fill(mask == 0, -100)
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
+        # Generation metrics need the untokenised texts, which only the trainer's own eval dataset keeps.
+        self._generation_eval = eval_dataset is None and isinstance(self.raw_eval_dataset, Dataset)
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._generation_eval = False
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Any:  # fmt: skip
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if getattr(self, "_generation_eval", False) and self.args.eval_generation_samples:
+            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self.generation_metrics().items()})
+        return output
+
+    def generation_metrics(self) -> dict[str, float]:
+        """BLEU / Self-BLEU / ROUGE / distinct-n of fresh samples on the eval data (``hfcoop.evaluation``).
+
+        Every process computes the same numbers (same seed, no collective ops), so they need no reduction. With
+        sharded parameters (ZeRO-3, FSDP) sampling outside the step would need every rank's shards: skipped.
+        """
+        from ..evaluation import generation_quality
+
+        if self.is_fsdp_enabled or (self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3):
+            return {}
+        device = self.args.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type):  # training's RNG streams untouched
+            metrics = generation_quality(
+                self.pair.generator, self.processing_class, self.raw_eval_dataset,
+                num_samples=self.args.eval_generation_samples, max_new_tokens=self.args.max_completion_length,
+                max_prompt_length=self.args.max_prompt_length, batch_size=self.args.per_device_eval_batch_size,
+                seed=self.args.seed, with_nll=False,
+            )  # fmt: skip
+        return {f"generation/{k}": v for k, v in metrics.items()}
+
+    # ----------------------------------------------------------------- completions tables
+    def completions_step(self) -> bool:
+        """Whether the training step being computed is one whose completions get logged."""
+        n = self.args.log_completions_steps
+        return bool(n) and self.model.training and (self.state.global_step + 1) % n == 0
+
+    def record_completions(
+        self, prompt_ids: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+        **scores: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """Keeps decoded (prompt, completion, score...) rows of a logging step; ``scores`` hold one value per row."""
+        room = self.args.num_completions_to_log - len(self._completion_rows)
+        if not self.completions_step() or room <= 0:
+            return
+        tokenizer = self.processing_class
+        n = min(room, completion_ids.shape[0])
+        prompts = tokenizer.batch_decode(prompt_ids[:n], skip_special_tokens=True)
+        ids = completion_ids[:n].masked_fill(completion_mask[:n] == 0, tokenizer.pad_token_id)
+        completions = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        values = {name: v[:n].detach().float().cpu().tolist() for name, v in scores.items()}
+        for i in range(n):
+            row = {"step": self.state.global_step + 1, "prompt": prompts[i], "completion": completions[i]}
+            self._completion_rows.append(row | {name: v[i] for name, v in values.items()})
+
+    def flush_completions(self) -> None:
+        """Gathers the recorded rows from every process; the main one writes the table (called at each step end)."""
+        n = self.args.log_completions_steps
+        if not n or self.state.global_step % n:
+            return
+        rows, self._completion_rows = self._completion_rows, []
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
+        if rows and self.is_world_process_zero():
+            write_completions(self, rows[: self.args.num_completions_to_log], self.state.global_step)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """Trainer's ``train``, after the output folder and the checkpoint to resume from are checked.

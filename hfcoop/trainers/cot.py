@@ -94,11 +94,13 @@ class CoTTrainer(CooperativeTrainer):
     companion_name = "mediator"
     paper = "CoT: Cooperative Training for Generative Modeling of Discrete Data (Lu et al., ICML 2019), arXiv:1804.03782"
     citation = COT_CITATION
+    samples_from_generator = True
 
     def __init__(self, model, mediator=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+                 peft_config=None, callbacks=None, optimizers=(None, None), compute_metrics=None,
+                 preprocess_logits_for_metrics=None) -> None:  # fmt: skip
         super().__init__(model, mediator, args, train_dataset, eval_dataset, processing_class, peft_config,
-                         callbacks, optimizers)  # fmt: skip
+                         callbacks, optimizers, compute_metrics, preprocess_logits_for_metrics)  # fmt: skip
 
     def check_sampling_settings(self, args: CoTConfig) -> None:
         # Both objectives are expectations under G itself: the mediator must fit (p_data + G)/2 and the generator's
@@ -152,7 +154,8 @@ class CoTTrainer(CooperativeTrainer):
         self.log_metric("mediator/balanced_nll", loss_m)  # Sec. 4.1.2: the live progress indicator
         self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * real_mask_w).sum(-1).mean())
         self.log_metric("mediator/nll_generated", -(med_logprobs[batch:] * gen_mask_w).sum(-1).mean())
-        if not train_generator:
+        if not train_generator:  # no generator logits this step: the table shows the samples without their KL
+            self.record_completions(prompt_ids, gen_ids, gen_mask)
             return loss_m
 
         # Generator: Eq. (14) on its own samples, against the mediator's detached distributions (line 9).
@@ -167,4 +170,6 @@ class CoTTrainer(CooperativeTrainer):
         loss_g = cot_generator_loss(kl, gen_mask, gen_logprobs, self.args.gamma)
         self.log_metric("cot/generator_loss", loss_g)
         self.log_metric("cot/kl_per_token", (kl.detach() * gen_mask).sum() / gen_mask.sum().clamp(min=1))
+        kl_per_sample = (kl.detach() * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
+        self.record_completions(prompt_ids, gen_ids, gen_mask, kl_per_token=kl_per_sample)
         return loss_m + loss_g

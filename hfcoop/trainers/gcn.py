@@ -155,10 +155,13 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
     )
     citation = GCN_CITATION
 
+    samples_from_generator = True
+
     def __init__(self, model, discriminator=None, args=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+                 processing_class=None, peft_config=None, callbacks=None, optimizers=(None, None),
+                 compute_metrics=None, preprocess_logits_for_metrics=None) -> None:  # fmt: skip
         super().__init__(model, discriminator, args, train_dataset, eval_dataset, processing_class, peft_config,
-                         callbacks, optimizers)  # fmt: skip
+                         callbacks, optimizers, compute_metrics, preprocess_logits_for_metrics)  # fmt: skip
         if self.args.sampler == "model" and self.args.num_candidates < 2 and self.data_format == "prompt_completion":
             raise ValueError(
                 "GCN with sampler='model' on prompt/completion data self-normalises the weights per prompt, so "
@@ -256,6 +259,8 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             self.log_metric("gcn/d_accuracy", 0.5 * ((d_real > 0).float().mean() + (d_gen < 0).float().mean()))
             self.log_metric("gcn/d_real", torch.sigmoid(d_real).mean())
             self.log_metric("gcn/d_generated", torch.sigmoid(d_gen).mean())
+            # D of the plain p_theta samples (the generator's own); their prompts are rows neg_rows of the batch.
+            self.record_completions(prompt_ids[neg_rows], neg_ids, neg_mask, D=torch.sigmoid(d_gen))
         # D's loss is per sequence; base divides by the completion budget (token sums -> per token).
         loss_d = args.max_completion_length * loss_d
         if not train_generator:

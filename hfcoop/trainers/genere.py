@@ -179,7 +179,8 @@ class GenereTrainer(CooperativeTrainer):
     citation = GENERE_CITATION
 
     def __init__(self, model, generators, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+                 peft_config=None, callbacks=None, optimizers=(None, None), compute_metrics=None,
+                 preprocess_logits_for_metrics=None) -> None:  # fmt: skip
         if args is None:
             args = GenereConfig(output_dir=f"hfcoop-{self.algorithm}")
         elif not isinstance(args, GenereConfig):
@@ -202,7 +203,7 @@ class GenereTrainer(CooperativeTrainer):
         self._rng = random.Random(self._rng_seed(args.seed, args.process_index))
         self._reset_step_stats()
         super().__init__(model, None, args, train_dataset, eval_dataset, processing_class, peft_config, callbacks,
-                         optimizers)  # fmt: skip
+                         optimizers, compute_metrics, preprocess_logits_for_metrics)  # fmt: skip
 
     # ----------------------------------------------------------------- generators
     @staticmethod

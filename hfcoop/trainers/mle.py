@@ -28,9 +28,10 @@ class MLETrainer(CooperativeTrainer):
     algorithm_title = "Maximum likelihood (MLE)"
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+                 peft_config=None, callbacks=None, optimizers=(None, None), compute_metrics=None,
+                 preprocess_logits_for_metrics=None) -> None:  # fmt: skip
         super().__init__(model, None, args, train_dataset, eval_dataset, processing_class, peft_config, callbacks,
-                         optimizers)  # fmt: skip
+                         optimizers, compute_metrics, preprocess_logits_for_metrics)  # fmt: skip
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]

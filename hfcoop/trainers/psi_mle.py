@@ -148,10 +148,13 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
     )
     citation = PSI_MLE_CITATION
 
+    samples_from_generator = True
+
     def __init__(self, model, ratio_model=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-                 peft_config=None, callbacks=None, optimizers=(None, None)) -> None:  # fmt: skip
+                 peft_config=None, callbacks=None, optimizers=(None, None), compute_metrics=None,
+                 preprocess_logits_for_metrics=None) -> None:  # fmt: skip
         super().__init__(model, ratio_model, args, train_dataset, eval_dataset, processing_class, peft_config,
-                         callbacks, optimizers)  # fmt: skip
+                         callbacks, optimizers, compute_metrics, preprocess_logits_for_metrics)  # fmt: skip
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         args = self.args
@@ -192,6 +195,7 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         self.log_metric("psi_mle/ratio_mean_real", ratio[:batch].mean())
         self.log_metric("psi_mle/ratio_mean_generated", ratio[batch:].mean())
         self.log_metric("psi_mle/ratio_max", ratio.max())
+        self.record_completions(prompt_ids, gen_ids, gen_mask, r=ratio[batch:])
         # The Bregman objective is per sequence; base divides by the completion budget (token sums -> per token).
         loss_r = args.max_completion_length * loss_r
         if not train_generator:
