@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import sys
 from typing import Any
+
+from .guards import known_secrets, redact_command
 
 from .env import framework_versions
 
@@ -190,7 +191,8 @@ def write_model_card(trainer: Any, output_dir: str, dataset_name: str | list[str
         quality=quality,
         versions=framework_versions(),
         hfcoop_url=hfcoop_url(),
-        command=getattr(trainer, "launch_command", None) or " ".join(shlex.quote(a) for a in sys.argv),
+        # Redacted here too: a script run as `python train.py --hub_token ...` reaches the card through sys.argv.
+        command=redact_command(getattr(trainer, "launch_command", None) or sys.argv, known_secrets(trainer.args)),
     )
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "README.md")
