@@ -100,9 +100,11 @@ class CoTTrainer(CooperativeTrainer):
                          callbacks, optimizers)  # fmt: skip
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
+        companion = self.companion_checkpoint(companion, generator)
         if companion is None:
             return copy.deepcopy(generator)
-        return load_causal_lm(companion, name="mediator", trust_remote_code=args.trust_remote_code)
+        return load_causal_lm(companion, name="mediator", init_kwargs=args.resolved_companion_init_kwargs,
+                              trust_remote_code=args.trust_remote_code)  # fmt: skip
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         check_same_vocabulary(generator, companion, tokenizer, "mediator")
