@@ -126,21 +126,32 @@ def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: An
     path = os.path.join(args.output_dir, "tiny-base-model")
     with args.main_process_first(desc="tiny model"):  # under accelerate launch: built once, read by every rank
         if not os.path.isfile(os.path.join(path, "config.json")):
-            columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
-            texts = [row[c] for row in train for c in columns]
+            from .data import is_conversational
+
+            columns = [c for c in ("text", "prompt", "completion", "messages") if c in train.column_names]
+            chat = len(train) > 0 and is_conversational(train[0])  # an instruct-style tiny model (chat template)
+            texts = [t for row in train for c in columns for t in _texts_of(row[c])]
             if generators:  # GENERE: the tokenizer must also cover what the black-box generators write
                 import random
 
                 rng = random.Random(0)
-                texts += [v for g in generators for _ in range(200) for v in g(rng).values()]
+                texts += [t for g in generators for _ in range(200) for v in g(rng).values() for t in _texts_of(v)]
             build_tiny_model(
                 path,
                 texts,
                 vocab_size=script.tiny_model_vocab_size,
                 n_layer=script.tiny_model_layers,
                 n_embd=script.tiny_model_hidden,
+                chat=chat,
             )
     return path
+
+
+def _texts_of(value: Any) -> list[str]:
+    """The words of a column value: a string, or the contents of a list of chat messages."""
+    if isinstance(value, list):
+        return [m["content"] for m in value if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    return [value] if isinstance(value, str) else []
 
 
 def peft_config_from(script: ScriptArguments) -> Any:

@@ -332,6 +332,18 @@ TASK_PRESETS: dict[str, tuple[set[str], Callable[[dict[str, Any]], dict[str, str
 TASK_ALIASES = {"summarization": ("cnn_dailymail", "xsum", "scitldr"), "question_generation": ("squad", "squad_qg")}
 
 
+def to_conversational(dataset: Dataset, system_prompt: str | None = None) -> Dataset:
+    """``prompt`` / ``completion`` strings as TRL's conversational prompt-completion rows: the prompt a user turn
+    (after an optional system turn), the completion the assistant's turn (its leading space dropped)."""
+
+    def convert(row: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        return {"prompt": system + [{"role": "user", "content": row["prompt"]}],
+                "completion": [{"role": "assistant", "content": row["completion"].strip()}]}  # fmt: skip
+
+    return dataset.map(convert, remove_columns=dataset.column_names)
+
+
 def apply_task(dataset: Dataset, task: str = "auto") -> Dataset:
     """Maps a dataset to ``text`` or ``prompt``/``completion`` with a task preset.
 

@@ -301,7 +301,7 @@ class ScorerCompanionMixin:
     scorer_role = "scorer"
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
-        source = self.companion_checkpoint(companion, generator)  # type: ignore[attr-defined]
+        source = self.companion_checkpoint(companion, generator, args)  # type: ignore[attr-defined]
         model, scorer_tokenizer = load_scorer(
             source,
             generator,

@@ -226,11 +226,11 @@ class CooperativeTrainer(Trainer):
         """The companion module (None for MLE). Called before PEFT wraps the generator."""
         return None
 
-    def companion_checkpoint(self, companion: Any, generator: PreTrainedModel) -> Any:
+    def companion_checkpoint(self, companion: Any, generator: PreTrainedModel, args: CooperativeConfig) -> Any:
         """What to load the companion from: ``companion`` as given, or — when it is None but the generator is
         quantized (its weights cannot be copied into a trainable model) or ``companion_init_kwargs`` is set — the
         generator's own checkpoint, loaded with ``companion_init_kwargs``. None: start as a copy of the generator."""
-        if companion is not None or not (is_quantized(generator) or self.args.companion_init_kwargs is not None):
+        if companion is not None or not (is_quantized(generator) or args.companion_init_kwargs is not None):
             return companion
         if not self.base_model_id:
             raise ValueError(

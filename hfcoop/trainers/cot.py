@@ -100,7 +100,7 @@ class CoTTrainer(CooperativeTrainer):
                          callbacks, optimizers)  # fmt: skip
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
-        companion = self.companion_checkpoint(companion, generator)
+        companion = self.companion_checkpoint(companion, generator, args)
         if companion is None:
             return copy.deepcopy(generator)
         return load_causal_lm(companion, name="mediator", init_kwargs=args.resolved_companion_init_kwargs,
