@@ -374,7 +374,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 
     from .data import pad_left, start_token_id
-    from .modeling import load_causal_lm, load_tokenizer
+    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer
     from .sampling import build_generation_config, generation_mode, sample_completions
 
     (a,) = parse((GenerateArguments,), argv)
@@ -385,7 +385,8 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     torch.manual_seed(a.seed)
     model = load_causal_lm(a.model_name_or_path)
     tokenizer = load_tokenizer(None, a.model_name_or_path)
-    config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p)
+    config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
+                                     eos_token_ids(tokenizer, model))  # fmt: skip
     if a.prompts_file:
         with open(a.prompts_file) as f:
             prompts = [line.rstrip("\n") for line in f if line.strip()]
