@@ -22,8 +22,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk"],  # nltk: reference BLEU in tests
+        # nltk: reference BLEU in tests; bitsandbytes: the QLoRA tests run its 4-bit CPU kernels for real
+        "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk", "bitsandbytes>=0.50"],
         "deepspeed": ["deepspeed>=0.16"],
+        "quantization": ["bitsandbytes>=0.50"],  # QLoRA: model_init_kwargs.quantization_config (4/8-bit)
     },
     entry_points={"console_scripts": ["hfcoop=hfcoop.cli:main"]},
 )

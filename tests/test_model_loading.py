@@ -2,7 +2,7 @@
 
 bitsandbytes >= 0.45 ships CPU kernels for 4-bit (NF4/FP4) matmuls, so the QLoRA tests below run the real
 4-bit path here (packed weights, ``Linear4bit`` forward and backward through the LoRA adapters); they are
-skipped only where bitsandbytes is not installed (``pip install -e ".[quantization]"``).
+skipped only where bitsandbytes is not installed (it is in the `dev` and `quantization` extras; verified with 0.50.2).
 """
 
 import importlib.util
