@@ -1,6 +1,6 @@
 """Loading models the way TRL users do: ``model_init_kwargs`` / ``companion_init_kwargs``, and QLoRA.
 
-bitsandbytes >= 0.45 ships CPU kernels for 4-bit (NF4/FP4) matmuls, so the QLoRA tests below run the real
+bitsandbytes (>= 0.50 here) ships CPU kernels for 4-bit (NF4/FP4) matmuls, so the QLoRA tests below run the real
 4-bit path here (packed weights, ``Linear4bit`` forward and backward through the LoRA adapters); they are
 skipped only where bitsandbytes is not installed (it is in the `dev` and `quantization` extras; verified with 0.50.2).
 """
