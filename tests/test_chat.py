@@ -246,15 +246,21 @@ CLI_EXTRA = {
 @pytest.mark.parametrize("name", list(CLI_EXTRA))
 def test_every_algorithm_on_chat_data_through_the_cli(name, tmp_path):
     out = str(tmp_path / name)
-    report = main_train(name, CLI_EXTRA[name] + chat_cli_flags(out))
+    extra = CLI_EXTRA[name]
+    if name == "mle":  # the same keys in a YAML recipe (a mapping, as in TRL's recipes)
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text("model_init_kwargs:\n  dtype: float32\n  attn_implementation: eager\n")
+        extra = ["--config", str(recipe)]
+    report = main_train(name, extra + chat_cli_flags(out))
     assert all(math.isfinite(v) for v in report["after"].values())
     saved = AutoTokenizer.from_pretrained(out)
     assert saved.chat_template
     generation = json.load(open(os.path.join(out, "generation_config.json")))
     assert sorted(generation["eos_token_id"]) == sorted(ids_of(saved, TURN_END, saved.eos_token))
     args = json.load(open(os.path.join(out, "hfcoop_training_args.json")))
-    if name == "cot":  # JSON strings on the command line become dicts, as in TRL's configs
+    if name in ("mle", "cot"):  # YAML mappings and JSON strings on the command line both become dicts
         assert args["model_init_kwargs"] == {"dtype": "float32", "attn_implementation": "eager"}
+    if name == "cot":
         assert args["companion_init_kwargs"] == {"attn_implementation": "sdpa"}
 
 

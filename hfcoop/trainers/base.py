@@ -110,9 +110,25 @@ class CooperativeConfig(TrainingArguments):
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs", "companion_init_kwargs"]
 
     @property
-    def resolved_companion_init_kwargs(self) -> dict[str, Any] | None:
-        """``companion_init_kwargs``, or the generator's when unset."""
-        return self.model_init_kwargs if self.companion_init_kwargs is None else self.companion_init_kwargs
+    def resolved_model_init_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained`` kwargs of the generator (:func:`~hfcoop.modeling.resolve_init_kwargs`)."""
+        return self._resolve_init_kwargs(self.model_init_kwargs, "model_init_kwargs")
+
+    @property
+    def resolved_companion_init_kwargs(self) -> dict[str, Any]:
+        """``companion_init_kwargs`` resolved, or the generator's when unset."""
+        if self.companion_init_kwargs is None:
+            return self.resolved_model_init_kwargs
+        return self._resolve_init_kwargs(self.companion_init_kwargs, "companion_init_kwargs")
+
+    def _resolve_init_kwargs(self, kwargs: dict[str, Any] | str | None, name: str) -> dict[str, Any]:
+        kwargs = resolve_init_kwargs(kwargs, trust_remote_code=self.trust_remote_code, name=name)
+        state = getattr(self, "distributed_state", None)  # set while TrainingArguments picks the device
+        if state is not None and state.distributed_type in ("MULTI_GPU", "DEEPSPEED", "FSDP"):
+            # As TRL: each process holds the whole model (or its shard) and Trainer places it; a device_map would
+            # spread it over the node's GPUs (a quantized model then lands on the process's own GPU).
+            kwargs["device_map"] = None
+        return kwargs
 
     def __post_init__(self) -> None:
         if self.companion_warmup_steps < 0:
@@ -163,18 +179,17 @@ class CooperativeTrainer(Trainer):
         self.data_format = train_format or eval_format
         model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
         self.base_model_id = model_id
-        init_kwargs = resolve_init_kwargs(args.model_init_kwargs, trust_remote_code=args.trust_remote_code)
+        init_kwargs = args.resolved_model_init_kwargs
         tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
                                    trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
         if "conversational" in (train_format, eval_format):
             check_chat_template(tokenizer)
-        if peft_config is None and args.model_init_kwargs and "quantization_config" in init_kwargs:
+        if peft_config is None and "quantization_config" in init_kwargs:
             raise ValueError(
                 "model_init_kwargs has a quantization_config but no peft_config was given: quantized weights cannot "
                 "be trained. Pass a LoraConfig (`use_peft: true` on the command line) for QLoRA."
             )
-        generator = load_causal_lm(model, name="model", init_kwargs=args.model_init_kwargs,
-                                   trust_remote_code=args.trust_remote_code)  # fmt: skip
+        generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
         if peft_config is None and is_quantized(generator):
             raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
         # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
