@@ -73,7 +73,8 @@ def resolve_init_kwargs(
         raise ValueError(f"{name} must be a dict (YAML mapping) or a JSON object string, got {type(init_kwargs).__name__}.")
     kwargs = dict(init_kwargs or {})
     kwargs.setdefault("trust_remote_code", trust_remote_code)
-    dtype = kwargs.pop("torch_dtype", None) if "dtype" not in kwargs else kwargs["dtype"]  # old spelling accepted
+    old_spelling = kwargs.pop("torch_dtype", None)  # accepted, as from_pretrained does
+    dtype = kwargs.get("dtype", old_spelling)
     dtype = default_dtype if dtype is None else dtype
     if isinstance(dtype, str):
         if dtype not in _DTYPES:

@@ -6,6 +6,7 @@ skipped only where bitsandbytes is not installed (it is in the `dev` and `quanti
 """
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -30,6 +31,14 @@ def test_resolve_init_kwargs_like_trl():
     assert resolve_init_kwargs({"torch_dtype": "float16"})["dtype"] is torch.float16  # the old spelling
     quant = resolve_init_kwargs({"quantization_config": QUANT_4BIT})["quantization_config"]
     assert isinstance(quant, BitsAndBytesConfig) and quant.load_in_4bit and quant.bnb_4bit_compute_dtype is torch.float32
+    # Objects are accepted too, and written as JSON values in the saved arguments.
+    args = MLEConfig(output_dir="unused", model_init_kwargs={"dtype": torch.bfloat16, "quantization_config":
+                     BitsAndBytesConfig(load_in_4bit=True)}, companion_init_kwargs={"dtype": torch.float16})  # fmt: skip
+    saved = json.loads(args.to_json_string())
+    assert saved["model_init_kwargs"]["dtype"] == "bfloat16" and saved["companion_init_kwargs"] == {"dtype": "float16"}
+    assert saved["model_init_kwargs"]["quantization_config"]["load_in_4bit"] is True
+    assert isinstance(args.model_init_kwargs["quantization_config"], BitsAndBytesConfig)  # not changed in place
+    assert resolve_init_kwargs(args.model_init_kwargs)["dtype"] is torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be"):
         resolve_init_kwargs({"dtype": "bf16"})
     with pytest.raises(ValueError, match="JSON object string"):

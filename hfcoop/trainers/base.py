@@ -121,6 +121,25 @@ class CooperativeConfig(TrainingArguments):
             return self.resolved_model_init_kwargs
         return self._resolve_init_kwargs(self.companion_init_kwargs, "companion_init_kwargs")
 
+    def to_dict(self) -> dict[str, Any]:
+        """As ``TrainingArguments.to_dict``, with init kwargs given as objects (a ``BitsAndBytesConfig``, a
+        ``torch.dtype``) written as JSON values, so ``hfcoop_training_args.json`` and trackers can store them."""
+        kwargs_fields = ("model_init_kwargs", "companion_init_kwargs")
+        saved = {k: getattr(self, k) for k in kwargs_fields}
+        try:  # the parent serialises in place; hand it copies
+            for k, v in saved.items():
+                setattr(self, k, dict(v) if isinstance(v, dict) else v)
+            d = super().to_dict()
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
+        for k in kwargs_fields:
+            if isinstance(d.get(k), dict):
+                d[k] = {key: (value.to_dict() if hasattr(value, "to_dict") else
+                              str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value)
+                        for key, value in d[k].items()}  # fmt: skip
+        return d
+
     def _resolve_init_kwargs(self, kwargs: dict[str, Any] | str | None, name: str) -> dict[str, Any]:
         kwargs = resolve_init_kwargs(kwargs, trust_remote_code=self.trust_remote_code, name=name)
         state = getattr(self, "distributed_state", None)  # set while TrainingArguments picks the device
