@@ -322,7 +322,7 @@ def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
 
     (a,) = parse((SweepArguments,), argv)
     dataset = eval_dataset_from(a)
-    conditional = "prompt" in dataset.column_names
+    conditional = "text" not in dataset.column_names  # prompt/completion or conversational rows
     x = a.quality_metric or ("rougeL" if conditional else "bleu-4")
     y = a.diversity_metric or ("distinct-2" if conditional else "self-bleu-4")
     rows: list[dict[str, Any]] = []

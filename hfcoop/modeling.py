@@ -105,7 +105,7 @@ def is_quantized(model: nn.Module) -> bool:
     )
 
 
-def prepare_quantized(model: nn.Module, args: Any = None) -> nn.Module:
+def prepare_quantized(model: nn.Module) -> nn.Module:
     """QLoRA's preparation (PEFT's ``prepare_model_for_kbit_training``, as TRL does) for a k-bit model about to get
     adapters: base weights frozen, fp16/bf16 norms and heads upcast to float32. Activation checkpointing is left
     to ``activation_checkpointing`` (the pair enables it with input grads), so it is not turned on twice here."""

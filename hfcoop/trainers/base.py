@@ -12,6 +12,7 @@ import copy
 import hashlib
 import dataclasses
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -203,7 +204,9 @@ class CooperativeTrainer(Trainer):
                                    trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
         if "conversational" in (train_format, eval_format):
             check_chat_template(tokenizer)
-        if peft_config is None and "quantization_config" in init_kwargs:
+        if not isinstance(model, str) and args.model_init_kwargs:
+            warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
+        elif peft_config is None and "quantization_config" in init_kwargs:
             raise ValueError(
                 "model_init_kwargs has a quantization_config but no peft_config was given: quantized weights cannot "
                 "be trained. Pass a LoraConfig (`use_peft: true` on the command line) for QLoRA."
@@ -218,16 +221,17 @@ class CooperativeTrainer(Trainer):
         if peft_config is not None:
             from peft import get_peft_model
 
-            generator = get_peft_model(prepare_quantized(generator, args), peft_config)
+            generator = get_peft_model(prepare_quantized(generator), peft_config)
             if args.companion_peft and isinstance(companion_module, PreTrainedModel):
                 companion_config = copy.deepcopy(peft_config)
                 if not hasattr(companion_module, "generate"):  # a scorer: peft then also trains its new head
                     companion_config.task_type = "SEQ_CLS"
-                companion_module = get_peft_model(prepare_quantized(companion_module, args), companion_config)
+                companion_module = get_peft_model(prepare_quantized(companion_module), companion_config)
         if companion_module is not None and is_quantized(companion_module) and not args.companion_peft:
             raise ValueError(
                 f"The {self.companion_name} is quantized (companion_init_kwargs / the generator's model_init_kwargs "
-                "hold a quantization_config) but has no adapters to train: set `companion_peft: true`, or load it "
+                "hold a quantization_config) but has no adapters to train: set `companion_peft: true` (with a "
+                "peft_config), or load it "
                 "unquantized with `companion_init_kwargs: {}`."
             )
         self.check_pair(generator, companion_module, tokenizer)
