@@ -164,15 +164,18 @@ def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: An
 
     from .tiny import build_tiny_model
 
-    columns = [c for c in ("text", "prompt", "completion") if c in train.column_names]
-    texts = [row[c] for row in train for c in columns]
+    from .data import is_conversational
+
+    columns = [c for c in ("text", "prompt", "completion", "messages") if c in train.column_names]
+    chat = len(train) > 0 and is_conversational(train[0])  # an instruct-style tiny model (chat template)
+    texts = [t for row in train for c in columns for t in _texts_of(row[c])]
     if generators:  # GENERE: the tokenizer must also cover what the black-box generators write
         import random
 
         rng = random.Random(0)
-        texts += [v for g in generators for _ in range(200) for v in g(rng).values()]
+        texts += [t for g in generators for _ in range(200) for v in g(rng).values() for t in _texts_of(v)]
     settings = dict(vocab_size=script.tiny_model_vocab_size, n_layer=script.tiny_model_layers,
-                    n_embd=script.tiny_model_hidden,
+                    n_embd=script.tiny_model_hidden, chat=chat,
                     n_positions=tiny_model_positions(script, args, "text" if "text" in columns else "prompt_completion"))  # fmt: skip
     # The cached model is keyed by its settings and the texts its tokenizer learns from: a changed recipe or data
     # set builds a new one instead of silently reusing the old.
@@ -182,6 +185,13 @@ def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: An
         if not os.path.isfile(os.path.join(path, "config.json")):
             build_tiny_model(path, texts, **settings)
     return path
+
+
+def _texts_of(value: Any) -> list[str]:
+    """The words of a column value: a string, or the contents of a list of chat messages."""
+    if isinstance(value, list):
+        return [m["content"] for m in value if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    return [value] if isinstance(value, str) else []
 
 
 def resolve_recipe_paths(script: ScriptArguments, argv: list[str]) -> None:
@@ -521,7 +531,7 @@ def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
 
     (a,) = parse((SweepArguments,), argv)
     dataset = eval_dataset_from(a)
-    conditional = "prompt" in dataset.column_names
+    conditional = "text" not in dataset.column_names  # prompt/completion or conversational rows
     x = a.quality_metric or ("rougeL" if conditional else "bleu-4")
     y = a.diversity_metric or ("distinct-2" if conditional else "self-bleu-4")
     rows: list[dict[str, Any]] = []
@@ -609,7 +619,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 
     from .data import pad_left, start_token_id
-    from .modeling import load_causal_lm, load_tokenizer
+    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer
     from .sampling import build_generation_config, generation_mode, sample_completions
 
     (a,) = parse((GenerateArguments,), argv)
@@ -621,7 +631,8 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     torch.manual_seed(a.seed)
     model = load_causal_lm(a.model_name_or_path)
     tokenizer = load_tokenizer(None, a.model_name_or_path)
-    config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p)
+    config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
+                                     eos_token_ids(tokenizer, model))  # fmt: skip
     completions: list[str] = []
     if a.decoding != "sample":
         from .cooperative_decoding import cooperative_generate

@@ -271,7 +271,7 @@ def cooperative_generate(
     Returns:
         one completion text per prompt (or ``num_samples`` texts).
     """
-    from .modeling import load_causal_lm, load_tokenizer
+    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer
 
     model_id = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
     tokenizer = load_tokenizer(tokenizer, model_id)
@@ -284,14 +284,17 @@ def cooperative_generate(
         )
         if isinstance(discriminator, str):
             scorer = scorer.to(generator.device)
-        score_fn = SequenceScorer(scorer, ScorerInputs(tokenizer, scorer_tok, max_positions(scorer)))
+        score_fn = SequenceScorer(
+            scorer, ScorerInputs(tokenizer, scorer_tok, max_positions(scorer), eos_token_ids(tokenizer, generator))
+        )
     if prompts is None:
         rows = [[start_token_id(tokenizer)] for _ in range(num_samples)]
     else:
         # Prompts keep their newest tokens so that prompt + completion fit the generator's positions.
         keep = (getattr(generator.config, "max_position_embeddings", None) or 10**9) - max_new_tokens
         rows = [tokenizer(p)["input_ids"][-keep:] or [start_token_id(tokenizer)] for p in prompts]
-    config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p)
+    eos_ids = eos_token_ids(tokenizer, generator)
+    config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p, eos_ids)
     was_training = generator.training
     generator.eval()
     texts: list[str] = []
@@ -304,7 +307,7 @@ def cooperative_generate(
                 comp_ids, comp_mask = out["completion_ids"], out["completion_mask"]
             elif method == "mcts":
                 comp_ids, comp_mask = mcts_decode(
-                    generator, ids, mask, score_fn, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                    generator, ids, mask, score_fn, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
                     pad_token_id=tokenizer.pad_token_id, num_simulations=num_simulations, top_k=mcts_top_k,
                     c_puct=c_puct, temperature=temperature, visit_temperature=visit_temperature,
                 )  # fmt: skip

@@ -2,6 +2,10 @@
 
 - unconditional: a ``text`` column; generation starts from BOS, so the "prompt" of every row is ``[BOS]``.
 - conditional: ``prompt`` and ``completion`` columns; losses, samples and metrics concern the completion only.
+- conversational (TRL's formats): a ``messages`` column, or ``prompt`` / ``completion`` columns holding lists of
+  ``{"role", "content"}`` messages. The tokenizer's chat template renders them (:func:`render_conversation`): the
+  prompt with the generation prompt, the completion as what the assistant says, ending with the template's
+  end-of-turn token. A ``messages`` row trains on its last assistant turn; the turns before it are the prompt.
 
 Every tokenised row becomes ``prompt_input_ids`` + ``completion_input_ids`` (the completion ends with EOS
 unless it was truncated), and a batch is left-padded prompts + right-padded completions: exactly the layout
@@ -16,40 +20,136 @@ from typing import Any, Callable, Literal
 import torch
 from datasets import Dataset, IterableDataset
 
-Format = Literal["text", "prompt_completion"]
+Format = Literal["text", "prompt_completion", "conversational"]
 
 
-def detect_format(column_names: list[str] | None, dataset_name: str = "dataset") -> Format:
-    """Which of the two formats a dataset is in; a clear error naming the fix otherwise."""
+def is_conversational(row: dict[str, Any]) -> bool:
+    """Whether a row holds chat messages (``messages``, or ``prompt``/``completion`` as lists of role dicts)."""
+    for key in ("messages", "prompt", "completion"):
+        value = row.get(key)
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "role" in value[0]:
+            return True
+    return False
+
+
+def detect_format(column_names: list[str] | None, dataset_name: str = "dataset", first_row: dict | None = None) -> Format:
+    """Which format a dataset is in (``first_row`` tells message lists from strings); a clear error otherwise."""
     columns = set(column_names or [])
+    if "messages" in columns:
+        return "conversational"
     if {"prompt", "completion"} <= columns:
-        return "prompt_completion"
+        return "conversational" if first_row is not None and is_conversational(first_row) else "prompt_completion"
     if "text" in columns:
         return "text"
     raise ValueError(
         f"{dataset_name} has columns {sorted(columns)}, but hfcoop needs either a 'text' column (unconditional "
-        "generation) or 'prompt' and 'completion' columns (conditional generation). Rename your columns with "
+        "generation), 'prompt' and 'completion' columns (conditional generation), or conversational data (a "
+        "'messages' column, or 'prompt'/'completion' as lists of messages). Rename your columns with "
         "`dataset.rename_column(...)` or use a task preset from `hfcoop.data`."
     )
 
 
+def _first_row(dataset: Dataset | IterableDataset) -> dict[str, Any] | None:
+    if isinstance(dataset, Dataset):
+        return dataset[0] if len(dataset) else None
+    return next(iter(dataset), None)
+
+
+def check_row(row: dict[str, Any], fmt: Format, where: str) -> None:
+    """A row matches its format: strings for text / prompt-completion, message lists for conversational data."""
+    if fmt != "conversational":
+        for column in ("text",) if fmt == "text" else ("prompt", "completion"):
+            if not isinstance(row[column], str):
+                raise ValueError(
+                    f"{where} column '{column}' must hold strings, got {type(row[column]).__name__} (conversational "
+                    "rows hold lists of {'role': ..., 'content': ...} messages in every conversational column)."
+                )
+        return
+    for column in ("messages",) if "messages" in row else ("prompt", "completion"):
+        messages = row[column]
+        if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages)):
+            raise ValueError(
+                f"{where} column '{column}' must hold a non-empty list of {{'role': ..., 'content': ...}} messages, "
+                f"got {messages!r:.80}."
+            )
+    if "messages" in row:
+        roles = [m["role"] for m in row["messages"]]
+        if roles[-1] != "assistant" or len(roles) < 2:
+            raise ValueError(
+                f"{where}: a 'messages' row must end with the assistant turn to learn, after at least one other "
+                f"message (roles {roles}). Drop trailing turns, or give 'prompt'/'completion' message lists."
+            )
+    elif any(m["role"] != "assistant" for m in row["completion"]):
+        raise ValueError(f"{where}: conversational 'completion' messages must be assistant turns.")
+
+
 def validate_dataset(dataset: Dataset | IterableDataset | None, dataset_name: str) -> Format | None:
-    """Checks a dataset before any compute: format, non-empty, string columns."""
+    """Checks a dataset before any compute: format, non-empty, string (or message-list) columns."""
     if dataset is None:
         return None
-    fmt = detect_format(dataset.column_names, dataset_name)
-    if isinstance(dataset, Dataset):
-        if len(dataset) == 0:
-            raise ValueError(f"{dataset_name} is empty: give it at least one row.")
-        first = dataset[0]
-        for column in ("text",) if fmt == "text" else ("prompt", "completion"):
-            if not isinstance(first[column], str):
-                raise ValueError(
-                    f"{dataset_name} column '{column}' must hold strings, got {type(first[column]).__name__} "
-                    "(conversational/message-list rows are not supported yet: render them to text first)."
-                )
+    first = _first_row(dataset)
+    fmt = detect_format(dataset.column_names, dataset_name, first)
+    if first is None:
+        raise ValueError(f"{dataset_name} is empty: give it at least one row.")
+    check_row(first, fmt, dataset_name)
+    if isinstance(dataset, Dataset) and fmt != "conversational":
         check_text_columns(dataset, ("text",) if fmt == "text" else ("prompt", "completion"), dataset_name)
     return fmt
+
+
+def check_chat_template(tokenizer: Any) -> None:
+    """Conversational data needs the tokenizer's chat template; refuse early and name the fixes."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "The data is conversational (messages) but the tokenizer has no chat template. Use an instruct model's "
+            "tokenizer, set one (`tokenizer.chat_template = open('template.jinja').read()`, or copy another "
+            "model's), or render the rows to plain 'prompt'/'completion' strings yourself."
+        )
+
+
+def render_conversation(row: dict[str, Any], tokenizer: Any, eos_token_ids: list[int] | None = None) -> dict[str, str]:
+    """A conversational row as ``prompt`` / ``completion`` strings, rendered by the tokenizer's chat template.
+
+    As TRL's ``apply_chat_template``: the prompt is rendered with the generation prompt (or continuing a final
+    assistant message), the prompt + completion conversation without it, and the completion is what follows the
+    two renderings' common prefix. For a ``messages`` row the prompt is every turn before the last (assistant) one.
+    Then, as a sampled completion ends at its first end-of-turn / EOS token, the completion is cut after the first
+    one of ``eos_token_ids`` (the tokenizer's EOS if None); if it holds none, the tokenizer's EOS is appended.
+    Both strings carry the template's special tokens verbatim: tokenise them with ``add_special_tokens=False``.
+    """
+    check_chat_template(tokenizer)
+    if "messages" in row:
+        prompt_messages, completion_messages = row["messages"][:-1], row["messages"][-1:]
+    else:
+        prompt_messages, completion_messages = row["prompt"], row["completion"]
+    continue_final = prompt_messages[-1]["role"] == "assistant"
+    template_kwargs = dict(row.get("chat_template_kwargs") or {})
+    prompt = tokenizer.apply_chat_template(
+        prompt_messages, tokenize=False, add_generation_prompt=not continue_final,
+        continue_final_message=continue_final, **template_kwargs,
+    )  # fmt: skip
+    full = tokenizer.apply_chat_template(prompt_messages + completion_messages, tokenize=False, **template_kwargs)
+    common = 0
+    for a, b in zip(prompt, full):  # some templates render the prompt alone differently (TRL's DeepSeek-R1 note)
+        if a != b:
+            break
+        common += 1
+    completion = full[common:]
+    eos_tokens = tokenizer.convert_ids_to_tokens(eos_token_ids or [tokenizer.eos_token_id])
+    ends = [completion.find(t) + len(t) for t in eos_tokens if t and t in completion]
+    completion = completion[: min(ends)] if ends else completion + tokenizer.eos_token
+    return {"prompt": prompt[:common], "completion": completion}
+
+
+def render_conversational_dataset(dataset: Dataset, tokenizer: Any, eos_token_ids: list[int] | None = None) -> Dataset:
+    """A conversational dataset as rendered ``prompt`` / ``completion`` strings (see :func:`render_conversation`);
+    what evaluation samples from and scores, so that it sees exactly what training tokenises."""
+    return dataset.map(
+        render_conversation,
+        fn_kwargs={"tokenizer": tokenizer, "eos_token_ids": eos_token_ids},
+        remove_columns=dataset.column_names,
+    )
+
 
 
 def check_text_columns(dataset: Dataset, columns: tuple[str, ...], dataset_name: str) -> None:
@@ -83,25 +183,36 @@ def start_token_id(tokenizer: Any) -> int:
 
 
 def tokenize_row(
-    row: dict[str, Any], tokenizer: Any, fmt: Format, max_prompt_length: int | None, max_completion_length: int
+    row: dict[str, Any],
+    tokenizer: Any,
+    fmt: Format,
+    max_prompt_length: int | None,
+    max_completion_length: int,
+    eos_token_ids: list[int] | None = None,
 ) -> dict[str, list[int]]:
     """One row -> ``prompt_input_ids`` / ``completion_input_ids``.
 
     Completions get EOS appended *before* truncation to ``max_completion_length`` (the budget the generator
     samples with), so a truncated completion ends without EOS exactly like a truncated sample does.
-    Prompts keep their last ``max_prompt_length`` tokens, the part nearest the completion.
+    Conversational rows are rendered by the chat template first (:func:`render_conversation`): their completion
+    already ends with its end-of-turn token (one of ``eos_token_ids``), and the template's special tokens are
+    not added twice. Prompts keep their last ``max_prompt_length`` tokens, the part nearest the completion.
     """
+    completion_ids: list[int]
     if fmt == "text":
         prompt_ids = [start_token_id(tokenizer)]
-        completion_text = row["text"]
+        completion_ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     else:
-        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        chat = fmt == "conversational"
+        texts = render_conversation(row, tokenizer, eos_token_ids) if chat else row
+        prompt_ids = tokenizer(texts["prompt"], add_special_tokens=not chat)["input_ids"]
         if max_prompt_length is not None:
             prompt_ids = prompt_ids[-max_prompt_length:]
         if not prompt_ids:
             prompt_ids = [start_token_id(tokenizer)]
-        completion_text = row["completion"]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        completion_ids = tokenizer(texts["completion"], add_special_tokens=False)["input_ids"]
+        if not chat or not completion_ids or completion_ids[-1] not in (eos_token_ids or [tokenizer.eos_token_id]):
+            completion_ids = completion_ids + [tokenizer.eos_token_id]
     return {"prompt_input_ids": prompt_ids, "completion_input_ids": completion_ids[:max_completion_length]}
 
 
@@ -112,8 +223,9 @@ def tokenize_dataset(
     max_prompt_length: int | None,
     max_completion_length: int,
     num_proc: int | None = None,
+    eos_token_ids: list[int] | None = None,
 ) -> Dataset | IterableDataset:
-    """Tokenises a dataset in either format, keeping only the tokenised columns."""
+    """Tokenises a dataset in any format, keeping only the tokenised columns."""
     kwargs = {"num_proc": num_proc, "desc": "Tokenizing"} if isinstance(dataset, Dataset) else {}
     return dataset.map(
         tokenize_row,
@@ -122,6 +234,7 @@ def tokenize_dataset(
             fmt=fmt,
             max_prompt_length=max_prompt_length,
             max_completion_length=max_completion_length,
+            eos_token_ids=eos_token_ids,
         ),
         remove_columns=dataset.column_names,
         **kwargs,
@@ -298,6 +411,18 @@ TASK_PRESETS: dict[str, tuple[set[str], Callable[[dict[str, Any]], dict[str, str
 TASK_ALIASES = {"summarization": ("cnn_dailymail", "xsum", "scitldr"), "question_generation": ("squad", "squad_qg")}
 
 
+def to_conversational(dataset: Dataset, system_prompt: str | None = None) -> Dataset:
+    """``prompt`` / ``completion`` strings as TRL's conversational prompt-completion rows: the prompt a user turn
+    (after an optional system turn), the completion the assistant's turn (its leading space dropped)."""
+
+    def convert(row: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        return {"prompt": system + [{"role": "user", "content": row["prompt"]}],
+                "completion": [{"role": "assistant", "content": row["completion"].strip()}]}  # fmt: skip
+
+    return dataset.map(convert, remove_columns=dataset.column_names)
+
+
 def apply_task(dataset: Dataset, task: str = "auto") -> Dataset:
     """Maps a dataset to ``text`` or ``prompt``/``completion`` with a task preset.
 
@@ -305,7 +430,7 @@ def apply_task(dataset: Dataset, task: str = "auto") -> Dataset:
     columns), ``"text"``, ``"summarization"``, ``"question_generation"`` or a preset name from ``TASK_PRESETS``.
     """
     columns = set(dataset.column_names)
-    if task in ("auto", "text") and ("text" in columns or {"prompt", "completion"} <= columns):
+    if task in ("auto", "text") and ("text" in columns or "messages" in columns or {"prompt", "completion"} <= columns):
         return dataset
     candidates = TASK_ALIASES.get(task, (task,)) if task != "auto" else tuple(TASK_PRESETS)
     for name in candidates:

@@ -6,6 +6,9 @@ NLL of the evaluation texts. Conditional data: one completion is sampled per eva
 ``num_samples`` rows) and scored against its reference by corpus BLEU and ROUGE; NLL is that of the reference
 completions given their prompts. References are round-tripped through the generator's tokenizer so that
 BLEU compares like-tokenised text (a word-level tokenizer splits "wheel." into "wheel .").
+Conversational data is rendered by the chat template exactly as training renders it
+(:func:`hfcoop.data.render_conversation`): samples continue the rendered prompt, references are the assistant's
+words (the template's special tokens stripped), NLL scores the rendered completion with its end-of-turn token.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .data import detect_format, pad_left, start_token_id
+from .data import detect_format, pad_left, render_conversational_dataset, start_token_id
+from .modeling import eos_token_ids
 from .metrics import compute_generation_metrics, reference_nll
 from .sampling import build_generation_config, generation_mode, sample_completions
 
@@ -34,9 +38,11 @@ def sample_texts(
     max_prompt_length: int | None = None,
     batch_size: int = 32,
     temperature: float = 1.0,
+    add_special_tokens: bool = True,
 ) -> list[str]:
-    """Decoded samples: ``num_samples`` unconditional ones, or one per prompt when prompts are given."""
-    config = build_generation_config(tokenizer, max_new_tokens, temperature)
+    """Decoded samples: ``num_samples`` unconditional ones, or one per prompt when prompts are given
+    (``add_special_tokens=False`` for prompts rendered by a chat template, which carry their own)."""
+    config = build_generation_config(tokenizer, max_new_tokens, temperature, eos_token_ids=eos_token_ids(tokenizer, model))
     device = next(model.parameters()).device
     if max_prompt_length is None:  # as many prompt tokens as fit next to the completion
         max_prompt_length = (getattr(model.config, "max_position_embeddings", None) or 10**9) - max_new_tokens
@@ -47,7 +53,8 @@ def sample_texts(
                 n = min(batch_size, num_samples - start)
                 ids = [[start_token_id(tokenizer)]] * n
             else:
-                ids = [tokenizer(p)["input_ids"][-max_prompt_length:] for p in prompts[start : start + batch_size]]
+                ids = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"][-max_prompt_length:]
+                       for p in prompts[start : start + batch_size]]  # fmt: skip
             prompt_ids, prompt_mask = pad_left(ids, tokenizer.pad_token_id)
             out, _ = sample_completions(g, prompt_ids.to(device), prompt_mask.to(device), config)
             texts += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
@@ -68,7 +75,10 @@ def generation_quality(
     with_nll: bool = True,
 ) -> dict[str, float]:
     """Sample-based metrics plus reference NLL (``with_nll``), as in the module docstring (seeded, restores RNG)."""
-    fmt = detect_format(dataset.column_names, "evaluation dataset")
+    fmt = detect_format(dataset.column_names, "evaluation dataset", dataset[0] if len(dataset) else None)
+    chat = fmt == "conversational"
+    if chat:
+        dataset = render_conversational_dataset(dataset, tokenizer, eos_token_ids(tokenizer, model))
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -83,14 +93,16 @@ def generation_quality(
             rows = dataset.select(range(min(num_samples, len(dataset))))
             prompts = list(rows["prompt"])
             samples = sample_texts(model, tokenizer, prompts, len(prompts), max_new_tokens, max_prompt_length,
-                                   batch_size, temperature)  # fmt: skip
+                                   batch_size, temperature, add_special_tokens=not chat)  # fmt: skip
             references = _normalise(tokenizer, list(rows["completion"]))
             metrics = compute_generation_metrics(samples, references, task="conditional")
             # Score as training tokenises (hfcoop.data.tokenize_row): the prompt gets BOS only if the tokenizer adds it.
+            # Rendered chat rows carry their own special tokens, and their completion its end-of-turn token.
             adds_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
             if with_nll:
                 nll = reference_nll(model, tokenizer, list(rows["completion"]), prompts=prompts, batch_size=batch_size,
-                                    max_prompt_length=max_prompt_length, add_bos=adds_bos)  # fmt: skip
+                                    max_prompt_length=max_prompt_length, add_bos=adds_bos and not chat,
+                                    append_eos=not chat)  # fmt: skip
     finally:
         torch.random.set_rng_state(rng_state)
     if with_nll:

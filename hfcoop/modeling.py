@@ -47,14 +47,94 @@ def _check_causal_config(config: Any, name: str) -> None:
         raise ValueError(f"{name} ({model_type}) has no causal-LM head in transformers; pick a causal LM.")
 
 
+_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def resolve_init_kwargs(
+    init_kwargs: dict[str, Any] | str | None,
+    *,
+    trust_remote_code: bool = False,
+    default_dtype: Any = "auto",
+    name: str = "model_init_kwargs",
+) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments from a config's ``model_init_kwargs`` (TRL's convention).
+
+    Accepts a dict (YAML) or a JSON string (command line); ``dtype`` may be a ``torch.dtype`` or one of
+    ``auto/bfloat16/float16/float32`` (default ``auto``: the checkpoint's own dtype); ``quantization_config`` may be
+    a dict, turned into a ``BitsAndBytesConfig`` (``load_in_4bit``/``load_in_8bit`` and the ``bnb_*`` keys).
+    ``trust_remote_code`` comes from the config's own field unless the kwargs set it.
+    """
+    if isinstance(init_kwargs, str):
+        try:
+            init_kwargs = json.loads(init_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} must be a dict or a JSON object string, got {init_kwargs!r}: {err}.") from None
+    if init_kwargs is not None and not isinstance(init_kwargs, dict):
+        raise ValueError(f"{name} must be a dict (YAML mapping) or a JSON object string, got {type(init_kwargs).__name__}.")
+    kwargs = dict(init_kwargs or {})
+    kwargs.setdefault("trust_remote_code", trust_remote_code)
+    old_spelling = kwargs.pop("torch_dtype", None)  # accepted, as from_pretrained does
+    dtype = kwargs.get("dtype", old_spelling)
+    dtype = default_dtype if dtype is None else dtype
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"{name}: dtype must be a torch.dtype or one of {', '.join(_DTYPES)}, got {dtype!r}.")
+        dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    kwargs["dtype"] = dtype
+    quantization = kwargs.get("quantization_config")
+    if isinstance(quantization, dict):
+        from transformers import BitsAndBytesConfig
+
+        quantization = dict(quantization)
+        for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+            if isinstance(quantization.get(key), str):
+                quantization[key] = getattr(torch, quantization[key])
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
+    return kwargs
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether the model's weights are k-bit quantized (bitsandbytes 4/8-bit or another quantizer): they cannot be
+    trained directly, only through adapters."""
+    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    return bool(
+        getattr(base, "is_loaded_in_4bit", False)
+        or getattr(base, "is_loaded_in_8bit", False)
+        or getattr(base, "is_quantized", False)
+        or getattr(base, "hf_quantizer", None) is not None
+    )
+
+
+def prepare_quantized(model: nn.Module) -> nn.Module:
+    """QLoRA's preparation (PEFT's ``prepare_model_for_kbit_training``, as TRL does) for a k-bit model about to get
+    adapters: base weights frozen, fp16/bf16 norms and heads upcast to float32. Activation checkpointing is left
+    to ``activation_checkpointing`` (the pair enables it with input grads), so it is not turned on twice here."""
+    if not is_quantized(model):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def load_causal_lm(
-    model: str | PreTrainedModel, *, name: str = "model", dtype: Any = "auto", trust_remote_code: bool = False
+    model: str | PreTrainedModel,
+    *,
+    name: str = "model",
+    dtype: Any = "auto",
+    trust_remote_code: bool = False,
+    init_kwargs: dict[str, Any] | str | None = None,
 ) -> PreTrainedModel:
-    """A causal LM from a model object, a local path or a Hub id; a clear error for anything else."""
+    """A causal LM from a model object, a local path or a Hub id; a clear error for anything else.
+
+    ``init_kwargs`` (see :func:`resolve_init_kwargs`) go to ``from_pretrained`` when ``model`` is a name.
+    """
     if isinstance(model, str):
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        kwargs = resolve_init_kwargs(init_kwargs, trust_remote_code=trust_remote_code, default_dtype=dtype)
+        config = AutoConfig.from_pretrained(
+            model, trust_remote_code=kwargs["trust_remote_code"], revision=kwargs.get("revision")
+        )
         _check_causal_config(config, f"{name} '{model}'")
-        return AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(model, **kwargs)
     base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
     if not isinstance(base, PreTrainedModel) or not hasattr(base, "generate"):
         raise ValueError(f"{name} must be a transformers causal LM or a path/Hub id, got {type(model).__name__}.")
@@ -66,14 +146,19 @@ def load_causal_lm(
     return model
 
 
-def load_tokenizer(processing_class: Any, model_name_or_path: str | None) -> Any:
-    """The tokenizer, with a pad token (EOS reused, as TRL does) and left padding for generation."""
+def load_tokenizer(
+    processing_class: Any, model_name_or_path: str | None, *, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The tokenizer, with a pad token (EOS reused, as TRL does) and left padding for generation.
+
+    ``revision`` / ``trust_remote_code``: as for the model (``model_init_kwargs``), when loaded by name."""
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **({"revision": revision} if revision else {})}
     if processing_class is None:
         if model_name_or_path is None:
             raise ValueError("Pass `processing_class` (a tokenizer) when the model is given as an object.")
-        processing_class = AutoTokenizer.from_pretrained(model_name_or_path)
+        processing_class = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
     elif isinstance(processing_class, str):
-        processing_class = AutoTokenizer.from_pretrained(processing_class)
+        processing_class = AutoTokenizer.from_pretrained(processing_class, **kwargs)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)  # processors wrap a tokenizer
     if tokenizer.eos_token_id is None:
         raise ValueError(
@@ -85,6 +170,19 @@ def load_tokenizer(processing_class: Any, model_name_or_path: str | None) -> Any
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def eos_token_ids(tokenizer: Any, model: nn.Module | None = None) -> list[int]:
+    """Every token id that ends a completion: the tokenizer's EOS first (the one appended to real completions),
+    then the model's ``generation_config.eos_token_id`` (an int or a list, e.g. an instruct model's end-of-turn
+    token and EOS). Sampling stops on any of them and masks treat them alike."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    generation_config = getattr(model, "generation_config", None)
+    extra = getattr(generation_config, "eos_token_id", None)
+    for token_id in [extra] if isinstance(extra, int) else list(extra or []):
+        if int(token_id) not in ids:
+            ids.append(int(token_id))
+    return ids
 
 
 def vocab_size_of(model: nn.Module) -> int:

@@ -32,9 +32,17 @@ def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_id: int | l
 
 
 def build_generation_config(
-    tokenizer: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    tokenizer: Any,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_ids: int | list[int] | None = None,
 ) -> GenerationConfig:
-    """Pure ancestral sampling unless top-k / top-p / temperature say otherwise (0 disables top-k)."""
+    """Pure ancestral sampling unless top-k / top-p / temperature say otherwise (0 disables top-k).
+
+    ``eos_token_ids``: every id that ends a sample (:func:`hfcoop.modeling.eos_token_ids`); default the
+    tokenizer's EOS."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0 for sampling (use a small value such as 0.01 for near-greedy).")
     return GenerationConfig(
@@ -46,7 +54,7 @@ def build_generation_config(
         top_k=max(top_k, 0),
         top_p=top_p,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id if eos_token_ids is None else eos_token_ids,
         bos_token_id=tokenizer.bos_token_id,
         use_cache=True,
     )

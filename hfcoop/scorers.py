@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from .data import start_token_id
 from .distributed import full_shape, gathered, load_whole_state_dict, whole_state_dict
-from .modeling import PeftModel, load_tokenizer
+from .modeling import PeftModel, load_tokenizer, resolve_init_kwargs
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(prompt_ids, prompt_mask, completion_ids, completion_mask) -> (B,)`` logits (generator token ids in)."""
@@ -109,6 +109,7 @@ def load_scorer(
     max_completion_length: int | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
+    init_kwargs: dict[str, Any] | str | None = None,
 ) -> tuple[nn.Module, Any]:
     """The scorer companion and its tokenizer, checked.
 
@@ -123,19 +124,21 @@ def load_scorer(
         model: nn.Module = scorer_from_generator(generator, generator_tokenizer.pad_token_id, seed)
         tokenizer = tokenizer or generator_tokenizer
     elif isinstance(scorer, str):
-        config = AutoConfig.from_pretrained(scorer, trust_remote_code=trust_remote_code)
+        kwargs = resolve_init_kwargs(init_kwargs, trust_remote_code=trust_remote_code, name="companion_init_kwargs")
+        trust_remote_code, revision = kwargs["trust_remote_code"], kwargs.get("revision")
+        config = AutoConfig.from_pretrained(scorer, trust_remote_code=trust_remote_code, revision=revision)
         is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
         if is_classifier:
-            model = AutoModelForSequenceClassification.from_pretrained(scorer, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(scorer, **kwargs)
         else:  # e.g. a causal LM: same backbone, new one-logit head (zeroed, see _zero_new_head)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model, info = AutoModelForSequenceClassification.from_pretrained(
-                    scorer, num_labels=1, trust_remote_code=trust_remote_code, output_loading_info=True
+                    scorer, num_labels=1, output_loading_info=True, **kwargs
                 )
             _zero_new_head(model, list(info["missing_keys"]))
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(scorer, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(scorer, trust_remote_code=trust_remote_code, revision=revision)
     elif isinstance(scorer, nn.Module):
         model = scorer
         tokenizer = tokenizer or generator_tokenizer
@@ -177,10 +180,18 @@ class ScorerInputs:
     appended when the generator's completion ended with EOS).
     """
 
-    def __init__(self, generator_tokenizer: Any, scorer_tokenizer: Any, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        generator_tokenizer: Any,
+        scorer_tokenizer: Any,
+        max_length: int | None = None,
+        eos_token_ids: list[int] | None = None,
+    ) -> None:
         self.generator_tokenizer = generator_tokenizer
         self.scorer_tokenizer = scorer_tokenizer
         self.max_length = max_length
+        # The generator's EOS ids (several for instruct models): a completion ending with any of them has ended.
+        self.eos_token_ids = eos_token_ids or [generator_tokenizer.eos_token_id]
         self.same_tokenizer = same_vocabulary(generator_tokenizer, scorer_tokenizer)
 
     def __call__(
@@ -236,7 +247,7 @@ class ScorerInputs:
         completion_mask: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         gen_tok, tok = self.generator_tokenizer, self.scorer_tokenizer
-        gen_eos = torch.as_tensor(gen_tok.eos_token_id).view(-1).tolist()
+        gen_eos = self.eos_token_ids
         rows = []
         for p, pm, c, cm in zip(prompt_ids, prompt_mask, completion_ids, completion_mask):
             prompt_text = gen_tok.decode(p[pm.bool()].tolist(), skip_special_tokens=True)
@@ -293,18 +304,22 @@ class ScorerCompanionMixin:
     scorer_role = "scorer"
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
+        source = self.companion_checkpoint(companion, generator, args)  # type: ignore[attr-defined]
         model, scorer_tokenizer = load_scorer(
-            companion,
+            source,
             generator,
             tokenizer,
             name=self.scorer_role,
-            tokenizer=args.scorer_tokenizer,
+            tokenizer=args.scorer_tokenizer or (tokenizer if companion is None else None),
             max_completion_length=args.max_completion_length,
             trust_remote_code=args.trust_remote_code,
             seed=args.seed,
+            init_kwargs=args.resolved_companion_init_kwargs,
         )
         self.scorer_tokenizer = scorer_tokenizer
-        self.scorer_inputs = ScorerInputs(tokenizer, scorer_tokenizer, max_positions(model))
+        self.scorer_inputs = ScorerInputs(
+            tokenizer, scorer_tokenizer, max_positions(model), self.eos_token_ids  # type: ignore[attr-defined]
+        )
         return model
 
     def companion_inputs(

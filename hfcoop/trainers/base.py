@@ -12,6 +12,7 @@ import copy
 import hashlib
 import dataclasses
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,7 +22,7 @@ from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
-from ..data import PromptCompletionCollator, tokenize_dataset, validate_dataset
+from ..data import PromptCompletionCollator, check_chat_template, tokenize_dataset, validate_dataset
 from ..guards import (
     check_finite_gradients,
     check_finite_loss,
@@ -37,9 +38,13 @@ from ..losses import token_logprobs
 from ..model_card import write_model_card
 from ..modeling import (
     CooperativePair,
+    eos_token_ids,
+    is_quantized,
     load_causal_lm,
     load_module_weights,
     load_tokenizer,
+    prepare_quantized,
+    resolve_init_kwargs,
     save_module,
     sequence_inputs,
 )
@@ -99,6 +104,20 @@ class CooperativeConfig(TrainingArguments):
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the Hub (only for models you trust)."}
     )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for the generator's `from_pretrained` when it is given by name, as in "
+                  "TRL: dtype (auto/bfloat16/float16/float32), attn_implementation, revision (also used for the "
+                  "tokenizer), trust_remote_code, device_map, quantization_config (a dict of BitsAndBytesConfig "
+                  "fields, e.g. {load_in_4bit: true, bnb_4bit_quant_type: nf4}: QLoRA, needs `peft_config`). A "
+                  "YAML mapping or a JSON string on the command line."},
+    )  # fmt: skip
+    companion_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "The same for a companion loaded by name, or re-loaded from the generator's checkpoint "
+                  "(a quantized generator cannot be copied). None: the generator's model_init_kwargs; {}: none. "
+                  "A quantized companion trains through adapters only: set companion_peft."},
+    )  # fmt: skip
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: hfcoop's collator needs its tokenised columns."}
@@ -133,6 +152,48 @@ class CooperativeConfig(TrainingArguments):
         state = self.__dict__.copy()
         state["hub_token"] = None
         return state
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs", "companion_init_kwargs"]
+
+    @property
+    def resolved_model_init_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained`` kwargs of the generator (:func:`~hfcoop.modeling.resolve_init_kwargs`)."""
+        return self._resolve_init_kwargs(self.model_init_kwargs, "model_init_kwargs")
+
+    @property
+    def resolved_companion_init_kwargs(self) -> dict[str, Any]:
+        """``companion_init_kwargs`` resolved, or the generator's when unset."""
+        if self.companion_init_kwargs is None:
+            return self.resolved_model_init_kwargs
+        return self._resolve_init_kwargs(self.companion_init_kwargs, "companion_init_kwargs")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``TrainingArguments.to_dict``, with init kwargs given as objects (a ``BitsAndBytesConfig``, a
+        ``torch.dtype``) written as JSON values, so ``hfcoop_training_args.json`` and trackers can store them."""
+        kwargs_fields = ("model_init_kwargs", "companion_init_kwargs")
+        saved = {k: getattr(self, k) for k in kwargs_fields}
+        try:  # the parent serialises in place; hand it copies
+            for k, v in saved.items():
+                setattr(self, k, dict(v) if isinstance(v, dict) else v)
+            d = super().to_dict()
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
+        for k in kwargs_fields:
+            if isinstance(d.get(k), dict):
+                d[k] = {key: (value.to_dict() if hasattr(value, "to_dict") else
+                              str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value)
+                        for key, value in d[k].items()}  # fmt: skip
+        return d
+
+    def _resolve_init_kwargs(self, kwargs: dict[str, Any] | str | None, name: str) -> dict[str, Any]:
+        kwargs = resolve_init_kwargs(kwargs, trust_remote_code=self.trust_remote_code, name=name)
+        state = getattr(self, "distributed_state", None)  # set while TrainingArguments picks the device
+        if state is not None and state.distributed_type in ("MULTI_GPU", "DEEPSPEED", "FSDP"):
+            # As TRL: each process holds the whole model (or its shard) and Trainer places it; a device_map would
+            # spread it over the node's GPUs (a quantized model then lands on the process's own GPU).
+            kwargs["device_map"] = None
+        return kwargs
 
     def __post_init__(self) -> None:
         if self.max_steps < -1:  # -1 is TrainingArguments' "not set: use num_train_epochs"
@@ -206,28 +267,49 @@ class CooperativeTrainer(Trainer):
         self.data_format = train_format or eval_format
         model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
         self.base_model_id = model_id
-        tokenizer = load_tokenizer(processing_class, model_id)
-        generator = load_causal_lm(model, name="model", trust_remote_code=args.trust_remote_code)
+        init_kwargs = args.resolved_model_init_kwargs
+        tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
+                                   trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
+        if "conversational" in (train_format, eval_format):
+            check_chat_template(tokenizer)
+        if not isinstance(model, str) and args.model_init_kwargs:
+            warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
+        elif peft_config is None and "quantization_config" in init_kwargs:
+            raise ValueError(
+                "model_init_kwargs has a quantization_config but no peft_config was given: quantized weights cannot "
+                "be trained. Pass a LoraConfig (`use_peft: true` on the command line) for QLoRA."
+            )
+        generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
+        if peft_config is None and is_quantized(generator):
+            raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
+        # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
+        self.eos_token_ids = eos_token_ids(tokenizer, generator)
         check_lengths(generator, args, self.data_format)
         companion_module = self.build_companion(companion, generator, tokenizer, args)
         if peft_config is not None:
             from peft import get_peft_model
 
-            generator = get_peft_model(generator, peft_config)
+            generator = get_peft_model(prepare_quantized(generator), peft_config)
             if args.companion_peft and isinstance(companion_module, PreTrainedModel):
                 companion_config = copy.deepcopy(peft_config)
                 if not hasattr(companion_module, "generate"):  # a scorer: peft then also trains its new head
                     companion_config.task_type = "SEQ_CLS"
-                companion_module = get_peft_model(companion_module, companion_config)
+                companion_module = get_peft_model(prepare_quantized(companion_module), companion_config)
+        if companion_module is not None and is_quantized(companion_module) and not args.companion_peft:
+            raise ValueError(
+                f"The {self.companion_name} is quantized (companion_init_kwargs / the generator's model_init_kwargs "
+                "hold a quantization_config) but has no adapters to train: set `companion_peft: true` (with a "
+                "peft_config), or load it "
+                "unquantized with `companion_init_kwargs: {}`."
+            )
         self.check_pair(generator, companion_module, tokenizer)
         pair = CooperativePair(generator, companion_module)
 
         def prepare(dataset: Any, fmt: Any) -> Any:
             if dataset is None:
                 return None
-            return tokenize_dataset(
-                dataset, tokenizer, fmt, args.max_prompt_length, args.max_completion_length, args.dataset_num_proc
-            )
+            return tokenize_dataset(dataset, tokenizer, fmt, args.max_prompt_length, args.max_completion_length,
+                                    args.dataset_num_proc, self.eos_token_ids)  # fmt: skip
 
         super().__init__(
             model=pair,
@@ -245,7 +327,7 @@ class CooperativeTrainer(Trainer):
         self._completion_rows: list[dict[str, Any]] = []
         self.add_callback(CompletionsLogger(self))
         self.generation_config = build_generation_config(
-            tokenizer, args.max_completion_length, args.temperature, args.top_k, args.top_p
+            tokenizer, args.max_completion_length, args.temperature, args.top_k, args.top_p, self.eos_token_ids
         )
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._checkpointing = False  # True while save_model writes a resumable checkpoint
@@ -254,6 +336,19 @@ class CooperativeTrainer(Trainer):
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module | None:
         """The companion module (None for MLE). Called before PEFT wraps the generator."""
         return None
+
+    def companion_checkpoint(self, companion: Any, generator: PreTrainedModel, args: CooperativeConfig) -> Any:
+        """What to load the companion from: ``companion`` as given, or — when it is None but the generator is
+        quantized (its weights cannot be copied into a trainable model) or ``companion_init_kwargs`` is set — the
+        generator's own checkpoint, loaded with ``companion_init_kwargs``. None: start as a copy of the generator."""
+        if companion is not None or not (is_quantized(generator) or args.companion_init_kwargs is not None):
+            return companion
+        if not self.base_model_id:
+            raise ValueError(
+                f"The {self.companion_name} must be re-loaded from the generator's checkpoint (quantized generator or "
+                f"companion_init_kwargs set), but the generator has no name or path: pass the {self.companion_name}."
+            )
+        return self.base_model_id
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         """Compatibility checks between generator and companion, raised at construction."""
@@ -299,7 +394,8 @@ class CooperativeTrainer(Trainer):
             with generation_mode(generator, self.accelerator, self.model_wrapped) as g:
                 ids, mask = sample_completions(g, prompt_ids, prompt_mask, self.generation_config, num_return_sequences)
         self.log_metric(f"{self.algorithm}/completion_length", mask.sum(1).float().mean())
-        self.log_metric(f"{self.algorithm}/eos_rate", (ids == self.processing_class.eos_token_id).any(1).float().mean())
+        eos = torch.tensor(self.eos_token_ids, device=ids.device)
+        self.log_metric(f"{self.algorithm}/eos_rate", torch.isin(ids, eos).any(1).float().mean())
         return ids, mask
 
     def _sampling_seed(self) -> int:

@@ -114,9 +114,11 @@ class CoTTrainer(CooperativeTrainer):
             )
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
+        companion = self.companion_checkpoint(companion, generator, args)
         if companion is None:
             return copy_model(generator)  # ZeRO-3: rebuilt from the gathered weights
-        return load_causal_lm(companion, name="mediator", trust_remote_code=args.trust_remote_code)
+        return load_causal_lm(companion, name="mediator", init_kwargs=args.resolved_companion_init_kwargs,
+                              trust_remote_code=args.trust_remote_code)  # fmt: skip
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         check_same_vocabulary(generator, companion, tokenizer, "mediator")

@@ -162,7 +162,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                  compute_metrics=None, preprocess_logits_for_metrics=None) -> None:  # fmt: skip
         super().__init__(model, discriminator, args, train_dataset, eval_dataset, processing_class, peft_config,
                          callbacks, optimizers, compute_metrics, preprocess_logits_for_metrics)  # fmt: skip
-        if self.args.sampler == "model" and self.args.num_candidates < 2 and self.data_format == "prompt_completion":
+        if self.args.sampler == "model" and self.args.num_candidates < 2 and self.data_format != "text":
             raise ValueError(
                 "GCN with sampler='model' on prompt/completion data self-normalises the weights per prompt, so "
                 "num_candidates=1 would give every sample weight 1 (no discriminator signal): use num_candidates >= 2."
@@ -206,7 +206,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         with generator_mode as g, generation_mode(pair.companion):
             ids, mask = mcts_decode(
                 g, prompt_ids, prompt_mask, self._discriminator_scores(),
-                max_new_tokens=args.max_completion_length, eos_token_id=self.processing_class.eos_token_id,
+                max_new_tokens=args.max_completion_length, eos_token_id=self.eos_token_ids,
                 pad_token_id=self.processing_class.pad_token_id, num_simulations=args.num_simulations,
                 top_k=args.mcts_top_k, c_puct=args.c_puct, temperature=args.temperature,
                 visit_temperature=args.mcts_visit_temperature,

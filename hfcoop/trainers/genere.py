@@ -61,7 +61,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..data import detect_format, tokenize_row, validate_dataset
+from ..data import check_row, detect_format, tokenize_row, validate_dataset
 from ..losses import (
     genere_baseline_update,
     genere_gamma_scores,
@@ -166,7 +166,8 @@ class GenereTrainer(CooperativeTrainer):
     peft_config=None, callbacks=None)``.
 
     ``generators`` is a list of K black-box callables ``generator(rng: random.Random) -> row``, where ``row`` is a
-    dict in the dataset's format (``{"text": str}`` or ``{"prompt": str, "completion": str}``; extra keys are
+    dict in the dataset's format (``{"text": str}``, ``{"prompt": str, "completion": str}``, or for conversational
+    data ``{"messages": [...]}`` / ``{"prompt": [...], "completion": [...]}`` message lists; extra keys are
     ignored). A generator must draw all its randomness from ``rng`` for runs and resumes to be reproducible. Each
     generator is called once at construction to validate it, before any model is loaded.
     """
@@ -221,9 +222,15 @@ class GenereTrainer(CooperativeTrainer):
             )
         if fmt is None:
             try:
-                fmt = detect_format(list(row.keys()), f"The row of {who}")
+                fmt = detect_format(list(row.keys()), f"The row of {who}", dict(row))
             except ValueError as err:
                 raise ValueError(str(err)) from None
+        if fmt == "conversational":  # message lists, rendered by the chat template like the dataset's rows
+            if "messages" not in row and not {"prompt", "completion"} <= set(row):
+                raise ValueError(f"{who} returned keys {sorted(map(str, row))}: conversational data needs 'messages' "
+                                 "or 'prompt'/'completion' message lists.")  # fmt: skip
+            check_row(dict(row), fmt, f"The row of {who}")
+            return fmt
         required = _REQUIRED_KEYS[fmt]
         missing = [key for key in required if key not in row]
         if missing:
@@ -266,7 +273,7 @@ class GenereTrainer(CooperativeTrainer):
         self._check_row(index, generator, row, self.generator_format)
         args = self.args
         return tokenize_row(row, self.processing_class, self.generator_format, args.max_prompt_length,
-                            args.max_completion_length)  # fmt: skip
+                            args.max_completion_length, self.eos_token_ids)  # fmt: skip
 
     # ----------------------------------------------------------------- public state
     @property
