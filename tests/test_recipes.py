@@ -27,8 +27,11 @@ STAND_IN_DATA = {
 
 
 def algorithm_of(recipe: str) -> str:
-    stem = os.path.basename(recipe).removesuffix(".yaml").removesuffix("_tiny")
-    return stem
+    """recipes/<task>/<algorithm>[_variant].yaml"""
+    from hfcoop.cli import ALGORITHMS
+
+    stem = os.path.basename(recipe).removesuffix(".yaml")
+    return max((a for a in ALGORITHMS if stem == a or stem.startswith(a + "_")), key=len)
 
 
 def rel(path: str) -> str:
