@@ -206,7 +206,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 max_new_tokens=args.max_completion_length, eos_token_id=self.processing_class.eos_token_id,
                 pad_token_id=self.processing_class.pad_token_id, num_simulations=args.num_simulations,
                 top_k=args.mcts_top_k, c_puct=args.c_puct, temperature=args.temperature,
-                visit_temperature=args.mcts_visit_temperature,
+                visit_temperature=args.mcts_visit_temperature, filter_top_k=args.top_k, top_p=args.top_p,
             )  # fmt: skip
         self.log_metric("gcn/mcts_completion_length", mask.sum(1).float().mean())
         return neg_ids, neg_mask, ids, mask, rows
