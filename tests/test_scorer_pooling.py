@@ -76,3 +76,39 @@ def test_sequence_scorer_and_tiny_vocabularies(tokenizer):
     logits = scorer(*batch(tokenizer, rows))
     alone = torch.cat([scorer(*batch(tokenizer, [r])) for r in rows])
     torch.testing.assert_close(logits, alone, atol=1e-5, rtol=0)
+
+
+def test_training_with_a_user_classifier_with_its_own_tokenizer_and_lora(tiny_lm, coco_prompt_completion, tmp_path):
+    """A user-supplied discriminator object with its own tokenizer, LoRA on both models (companion_peft): the
+    texts are re-tokenised for it, its adapters and head learn, its frozen base does not, and it exports."""
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+
+    from conftest import coco_lines
+    from hfcoop import GCNConfig, GCNTrainer
+    from hfcoop.tiny import build_tiny_model
+
+    other = build_tiny_model(str(tmp_path / "other"), coco_lines(200), vocab_size=250, n_layer=1, n_embd=16,
+                             n_head=2, n_positions=64)  # fmt: skip
+    discriminator = GPT2ForSequenceClassification.from_pretrained(other, num_labels=1)
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM")
+    args = GCNConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                     learning_rate=1e-2, max_completion_length=6, num_candidates=2, companion_peft=True,
+                     save_companion=True, scorer_tokenizer=other, report_to="none", save_strategy="no",
+                     disable_tqdm=True)  # fmt: skip
+    trainer = GCNTrainer(tiny_lm, discriminator=discriminator, train_dataset=coco_prompt_completion, args=args,
+                         peft_config=peft_config)  # fmt: skip
+    assert not trainer.scorer_inputs.same_tokenizer
+    assert len(trainer.scorer_tokenizer) != len(AutoTokenizer.from_pretrained(tiny_lm))
+    companion = trainer.pair.companion
+    assert type(companion).__name__ == "PeftModelForSequenceClassification"
+    before = {k: v.clone() for k, v in companion.state_dict().items()}
+    trainer.train()
+    after = companion.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("lora_" in k for k in changed) and any("score" in k for k in changed)
+    assert not any("lora_" not in k and "score" not in k for k in changed)  # the frozen base stays frozen
+    out = tmp_path / "export"
+    trainer.save_model(str(out))
+    assert (out / "discriminator" / "adapter_config.json").exists()
+    assert (out / "discriminator" / "tokenizer.json").exists()
