@@ -400,7 +400,8 @@ def has_active_dropout(module: nn.Module) -> bool:
     base = module.get_base_model() if hasattr(module, "get_base_model") else module
     config = getattr(base, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return any(float(getattr(text, k, 0) or 0) > 0 for k in ("attention_dropout", "attn_dropout", "dropout"))
+    rates = [getattr(text, k, 0) for k in ("attention_dropout", "attn_dropout", "dropout")]
+    return any(isinstance(r, (int, float)) and r > 0 for r in rates)
 
 
 def check_hub_token(token: str | None) -> None:
