@@ -48,7 +48,7 @@ def run_one(model: str, n_real: int, fraction: float, learn_gamma: bool, seed: i
             lr_scheduler_type="constant", max_prompt_length=32, max_completion_length=16, generative_weight=weight,
             generator_learning_rate=a.eta if learn_gamma else 0.0, mle_warmup_steps=a.warmup, save_strategy="no",
             logging_steps=a.steps, report_to="none", use_cpu=True, disable_tqdm=True, seed=seed,
-            per_device_eval_batch_size=128,
+            per_device_eval_batch_size=128, likelihood_normalization="sum", mixture_shrinkage=1.0,  # as measured
         )  # fmt: skip
         trainer = GenereTrainer(
             model, EQUATION_GENERATORS, args=args, train_dataset=equation_dataset(n_real, seed=1000 + seed),

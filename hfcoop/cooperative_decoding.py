@@ -101,14 +101,36 @@ class _Node:
     def expanded(self) -> bool:
         return self.value is not None
 
-    def q(self) -> float:
-        return self.value_sum / self.visits if self.visits else 0.0
+    def q(self, unvisited: float = 0.0) -> float:
+        return self.value_sum / self.visits if self.visits else unvisited
 
 
-def _puct_child(node: _Node, c_puct: float) -> _Node:
-    # PUCT (Silver et al. 2017): Q + c · P · sqrt(N_parent) / (1 + N_child); unvisited children have Q = 0.
+MCTS_UNVISITED_VALUES = ("parent", "zero")
+
+
+def _puct_child(node: _Node, c_puct: float, unvisited_value: str = "parent") -> _Node:
+    # PUCT (Silver et al. 2017): Q + c · P · sqrt(N_parent) / (1 + N_child). An unvisited child's Q is its
+    # parent's value D(prefix) ("parent", the default) or 0 ("zero", AlphaZero's choice for values in [-1, 1]).
+    # With D in (0, 1), Q = 0 is the worst possible value: every visited child beats every unvisited one, so the
+    # search keeps re-visiting its first children and the priors stop mattering (benchmarks/README, MCTS).
+    init = (node.value or 0.0) if unvisited_value == "parent" else 0.0
     sqrt_n = math.sqrt(max(node.visits, 1))
-    return max(node.children.values(), key=lambda c: c.q() + c_puct * c.prior * sqrt_n / (1 + c.visits))
+    return max(node.children.values(), key=lambda c: c.q(init) + c_puct * c.prior * sqrt_n / (1 + c.visits))
+
+
+def filter_probs(probs: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """``(N, V)`` probabilities restricted to the top-``top_k`` tokens and the ``top_p`` nucleus (the sampling
+    filters of ``generate``), renormalised; 0 / 1.0 switch a filter off."""
+    if top_k and top_k < probs.shape[-1]:
+        kth = probs.topk(top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each token: keep while it is < top_p
+        kept = before < top_p * probs.sum(-1, keepdim=True)
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, kept)
+        probs = probs.masked_fill(~keep, 0.0)
+    return probs / probs.sum(-1, keepdim=True)
 
 
 @torch.no_grad()
@@ -139,13 +161,18 @@ def mcts_decode(
     c_puct: float = 1.0,
     temperature: float = 1.0,
     visit_temperature: float = 0.0,
+    filter_top_k: int = 0,
+    top_p: float = 1.0,
+    unvisited_value: str = "parent",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token MCTS guided by ``p·D``, batched over prompts; returns right-padded ``(ids, mask)``.
 
     For each new token, ``num_simulations`` simulations run from the current prefix (the root): select children
-    by PUCT down to a leaf, evaluate the leaf in one batched pass over all prompts (the generator's top-``top_k``
-    next-token probabilities at ``temperature``, renormalised, become the children's priors; ``D = sigmoid(
-    score_fn(...))`` of the partial sequence is the value), back the value up the path. The next token is the
+    by PUCT down to a leaf, evaluate the leaf in one batched pass over all prompts (the generator's next-token
+    probabilities at ``temperature``, filtered by ``filter_top_k`` / ``top_p`` as sampling would be, then the
+    top-``top_k`` of them renormalised, become the children's priors; ``D = sigmoid(score_fn(...))`` of the partial
+    sequence is the value), back the value up the path. Unvisited children count their parent's value as Q
+    (``unvisited_value="parent"``) or 0 (``"zero"``). The next token is the
     most visited child (``visit_temperature = 0``; ties to the higher value) or drawn
     ∝ ``visits^(1/visit_temperature)``; its subtree is kept. A sequence ends at EOS or after ``max_new_tokens``
     tokens (terminal nodes are valued as complete texts).
@@ -154,6 +181,8 @@ def mcts_decode(
     """
     if num_simulations < 1 or top_k < 1 or max_new_tokens < 1:
         raise ValueError("mcts_decode needs num_simulations >= 1, top_k >= 1 and max_new_tokens >= 1.")
+    if unvisited_value not in MCTS_UNVISITED_VALUES:
+        raise ValueError(f"unvisited_value must be one of {MCTS_UNVISITED_VALUES}, got {unvisited_value!r}.")
     eos_ids = set(torch.as_tensor(eos_token_id).view(-1).tolist())
     batch = prompt_ids.shape[0]
     prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
@@ -175,10 +204,13 @@ def mcts_decode(
                 model, [prompts[rows[i]] for i, _ in open_leaves], [n.tokens for _, n in open_leaves], pad_token_id,
                 temperature,
             )  # fmt: skip
-            top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-            top_p = top_p / top_p.sum(-1, keepdim=True)
-            for (_, node), ps, ts in zip(open_leaves, top_p.tolist(), top_i.tolist()):
+            probs = filter_probs(probs, filter_top_k, top_p)
+            child_p, child_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+            child_p = child_p / child_p.sum(-1, keepdim=True)
+            for (_, node), ps, ts in zip(open_leaves, child_p.tolist(), child_i.tolist()):
                 for p, t in zip(ps, ts):
+                    if p <= 0:  # filtered out by top_k / top_p
+                        continue
                     child_tokens = node.tokens + (t,)
                     node.children[t] = _Node(tokens=child_tokens, prior=p, terminal=is_terminal(child_tokens))
         for (_, node), v in zip(leaves, values):
@@ -193,7 +225,7 @@ def mcts_decode(
             for b in active:
                 node, path = roots[b], [roots[b]]
                 while node.expanded and node.children:
-                    node = _puct_child(node, c_puct)
+                    node = _puct_child(node, c_puct, unvisited_value)
                     path.append(node)
                 paths[b] = path
                 if not node.expanded:
@@ -211,7 +243,9 @@ def mcts_decode(
             if visit_temperature > 0:
                 choice = int(torch.multinomial((visits ** (1.0 / visit_temperature)).clamp(min=1e-300), 1))
             else:  # most visited; ties (few simulations) go to the better value
-                choice = max(range(len(children)), key=lambda i: (children[i].visits, children[i].q()))
+                choice = max(
+                    range(len(children)), key=lambda i: (children[i].visits, children[i].q(), children[i].prior)
+                )
             roots[b] = children[choice]
             done[b] = roots[b].terminal
     ids, _ = _right_pad([list(r.tokens) for r in roots], pad_token_id, prompt_ids.device)
@@ -310,6 +344,7 @@ def cooperative_generate(
                     generator, ids, mask, score_fn, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
                     pad_token_id=tokenizer.pad_token_id, num_simulations=num_simulations, top_k=mcts_top_k,
                     c_puct=c_puct, temperature=temperature, visit_temperature=visit_temperature,
+                    filter_top_k=top_k, top_p=top_p,
                 )  # fmt: skip
             else:
                 raise ValueError(f"method must be 'resample' or 'mcts', got {method!r}.")

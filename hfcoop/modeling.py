@@ -295,6 +295,59 @@ def uses_mask_logits_to_keep(model: nn.Module) -> bool:
     return _MASK_LOGITS_TO_KEEP[cls]
 
 
+def _pad_configs(model: nn.Module) -> list[Any]:
+    """The configs whose ``pad_token_id`` a sequence classifier reads to pool (its own and its text config)."""
+    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    config = getattr(base, "config", None)
+    if config is None:
+        return []
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return [config] if text is config else [config, text]
+
+
+def classifier_forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a sequence classifier pooled on the attention mask: each row's *last attended* token.
+
+    Decoder classifiers in transformers pool the last token that is not ``config.pad_token_id``. With pad == EOS
+    (GPT-2 and every tiny model) a final EOS is then skipped, so "a man riding <eos>" and "a man riding" get the
+    same logit and the scorer cannot tell a finished sequence from a truncated one. Here the padding (mask 0) is
+    refilled with an id that no attended token of the batch uses, and the model pools on that id for this call:
+    the pooled token is then exactly the last attended one, whatever the classifier class (user-supplied ones
+    included). Encoders pool their first token and are unaffected. Inputs must be right-padded.
+    """
+    ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+    configs = _pad_configs(model)
+    if ids is None or mask is None or not configs:
+        return model(**inputs).logits
+    # The pool id must differ from each row's last attended token only (earlier tokens equal to it are still
+    # left of the pooled position); padding takes it, which is harmless since the mask hides those positions.
+    last = ids.gather(1, (mask.cumsum(1).argmax(1, keepdim=True))).squeeze(1)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = embeddings.num_embeddings if embeddings is not None else int(ids.max()) + 2
+    taken = torch.zeros(max(vocab, int(last.max()) + 1), dtype=torch.bool, device=ids.device)
+    taken[last] = True
+    free = (~taken[:vocab]).nonzero()
+    if free.numel() == 0:  # every id ends some row (tiny vocabularies): pool the rows in two calls
+        split = last == 0
+        logits = classifier_forward(model, _rows(inputs, ~split))
+        out = logits.new_empty((ids.shape[0], *logits.shape[1:]))
+        out[~split], out[split] = logits, classifier_forward(model, _rows(inputs, split))
+        return out
+    pool_id = int(free[0])
+    old = [c.pad_token_id for c in configs]
+    try:
+        for c in configs:
+            c.pad_token_id = pool_id
+        return model(**{**inputs, "input_ids": ids.masked_fill(mask == 0, pool_id)}).logits
+    finally:
+        for c, value in zip(configs, old):
+            c.pad_token_id = value
+
+
+def _rows(inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[keep] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
+
+
 class CooperativePair(nn.Module):
     """Generator + companion as one module; ``forward`` runs whichever of the two is given inputs.
 
@@ -341,7 +394,7 @@ class CooperativePair(nn.Module):
                     companion.get("completion_mask"),
                 )
             else:
-                comp_out = self.companion(**companion["inputs"]).logits
+                comp_out = classifier_forward(self.companion, companion["inputs"])
         return gen_out, comp_out
 
 

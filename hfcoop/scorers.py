@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from .data import start_token_id
 from .distributed import full_shape, gathered, load_whole_state_dict, whole_state_dict
-from .modeling import PeftModel, load_tokenizer, resolve_init_kwargs
+from .modeling import PeftModel, classifier_forward, load_tokenizer, resolve_init_kwargs
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(prompt_ids, prompt_mask, completion_ids, completion_mask) -> (B,)`` logits (generator token ids in)."""
@@ -148,7 +148,7 @@ def load_scorer(
     tokenizer = load_tokenizer(tokenizer, None)  # pad token + checks, as for the generator's tokenizer
     base = _base(model)
     if base.config.pad_token_id is None:
-        # Decoder classifiers pool the last non-pad token and refuse batches without a pad id.
+        # Decoder classifiers refuse batches without a pad id (hfcoop pools on the attention mask regardless).
         base.config.pad_token_id = tokenizer.pad_token_id
     embeddings = base.get_input_embeddings()
     if embeddings is not None and len(tokenizer) > full_shape(embeddings.weight)[0]:
@@ -172,8 +172,9 @@ def same_vocabulary(a: Any, b: Any) -> bool:
 class ScorerInputs:
     """Builds a scorer's ``input_ids`` / ``attention_mask`` from generator ids (left-padded prompt + right-padded
     completion): prompt followed by completion, contiguous and right-padded, truncated from the left to the
-    scorer's ``max_length`` (the completion, being last, is kept). Classifiers pool the last real token (decoders)
-    or the first one (encoders), so both see the sequence as a plain right-padded text.
+    scorer's ``max_length`` (the completion, being last, is kept). Classifiers pool the last attended token
+    (decoders, see :func:`~hfcoop.modeling.classifier_forward`: a final EOS counts even when pad == EOS) or the
+    first one (encoders), so both see the sequence as a plain right-padded text.
 
     With a different scorer tokenizer the prompt and completion are decoded and re-tokenised the way
     :func:`hfcoop.data.tokenize_row` tokenises text (prompt with special tokens, completion without, EOS
@@ -264,8 +265,9 @@ class ScorerInputs:
 
 
 def scorer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``(B,)`` float32 logits of a single-logit classifier (with whatever grad mode is active)."""
-    logits = model(**inputs).logits
+    """``(B,)`` float32 logits of a single-logit classifier (with whatever grad mode is active), pooled on the
+    attention mask's last token (:func:`~hfcoop.modeling.classifier_forward`: a final EOS counts)."""
+    logits = classifier_forward(model, inputs)
     if logits.dim() != 2 or logits.shape[-1] != 1:
         raise ValueError(f"A scorer must return (batch, 1) logits, got shape {tuple(logits.shape)}.")
     return logits.squeeze(-1).float()

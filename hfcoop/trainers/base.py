@@ -8,6 +8,7 @@ optimizer step with per-model parameter groups. Subclasses implement :meth:`Coop
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import dataclasses
@@ -15,7 +16,7 @@ import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -561,6 +562,41 @@ class CooperativeTrainer(Trainer):
         """False during ``companion_warmup_steps``: the step then trains the companion alone."""
         return self.state.global_step >= self.args.companion_warmup_steps
 
+    def companion_signal_needs_eval_forward(self) -> bool:
+        """Whether the train-mode companion forward is random (dropout), so that the signal for the generator
+        (mediator logits, r, D) must come from a separate eval-mode forward to be a deterministic target/weight."""
+        companion = self.pair.companion
+        return companion is not None and companion.training and has_active_dropout(companion)
+
+    @contextlib.contextmanager
+    def companion_eval(self) -> Iterator[nn.Module]:
+        """The companion in eval mode (no dropout), without grad, parameters gathered under ZeRO-3."""
+        with torch.no_grad(), generation_mode(self.pair.companion, self.accelerator, self.model_wrapped) as companion:
+            yield companion
+
+    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
+        """Clips the generator's and the companion's gradients to ``max_grad_norm`` *each*; returns the joint norm.
+
+        One clip of the joint norm would let the companion's gradient (its loss is a per-sequence objective scaled
+        to the completion budget, and often far larger) shrink the generator's step. DeepSpeed clips inside its
+        engine and FSDP/mixed meshes need Trainer's sharded norm: those keep the joint clip.
+        """
+        from accelerate.utils import DistributedType
+
+        pair = self.pair
+        joint = self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        if pair.companion is None or joint or self._has_mixed_mesh_grads(model):
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()  # fp16: once, before both clips
+        norms = []
+        for name, part in (("generator", pair.generator), ("companion", pair.companion)):
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in part.parameters() if p.grad is not None], self.args.max_grad_norm
+            )
+            self.log_metric(f"{name}_grad_norm", norm)
+            norms.append(norm.float())
+        return torch.linalg.vector_norm(torch.stack(norms))
+
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """Trainer's optimizer, with the companion's parameters in groups of their own learning rate."""
         optimizer = super().create_optimizer(model)
@@ -669,6 +705,20 @@ class CooperativeTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         write_model_card(self, output_dir or self.args.output_dir, **kwargs)
+
+
+def has_active_dropout(module: nn.Module) -> bool:
+    """Whether a forward of ``module`` in its current mode draws dropout masks (dropout modules with p > 0, or an
+    attention-dropout rate that the attention function applies in train mode, as Llama-style models do)."""
+    if not module.training:
+        return False
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules()):
+        return True
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    config = getattr(base, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rates = [getattr(text, k, 0) for k in ("attention_dropout", "attn_dropout", "dropout")]
+    return any(isinstance(r, (int, float)) and r > 0 for r in rates)
 
 
 def check_hub_token(token: str | None) -> None:

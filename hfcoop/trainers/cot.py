@@ -21,8 +21,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
-from ..modeling import check_same_vocabulary, load_causal_lm, unpack_tokens
 from ..distributed import copy_model
+from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
 from .base import CooperativeConfig, CooperativeTrainer
 
 COT_CITATION = """@inproceedings{lu2019cot,
@@ -164,6 +164,11 @@ class CoTTrainer(CooperativeTrainer):
         # The generated rows' tokens are the last ones of the mediator's packed rows, in the generator's order.
         n_gen = gen_logits.shape[0]
         med_gen_logits = med_logits[med_logits.shape[0] - n_gen :].detach()
+        if self.companion_signal_needs_eval_forward():  # the target without dropout (M's own loss keeps it)
+            with self.companion_eval() as mediator:
+                med_gen_logits = completion_logits(
+                    mediator, sequence_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask), gen_len, gen_mask
+                )
         kl = per_token_kl(gen_logits.unsqueeze(0), med_gen_logits.unsqueeze(0), self.args.kl_chunk_size).squeeze(0)
         kl = unpack_tokens(kl, gen_mask)
         gen_logprobs = None

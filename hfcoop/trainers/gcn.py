@@ -45,7 +45,7 @@ from ..losses import (
     weighted_nll_loss,
 )
 from ..sampling import generation_mode
-from ..scorers import ScorerCompanionMixin, SequenceScorer
+from ..scorers import ScorerCompanionMixin, SequenceScorer, scorer_logits
 from .base import CooperativeConfig, CooperativeTrainer
 from .cot import pad_columns
 
@@ -209,7 +209,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 max_new_tokens=args.max_completion_length, eos_token_id=self.eos_token_ids,
                 pad_token_id=self.processing_class.pad_token_id, num_simulations=args.num_simulations,
                 top_k=args.mcts_top_k, c_puct=args.c_puct, temperature=args.temperature,
-                visit_temperature=args.mcts_visit_temperature,
+                visit_temperature=args.mcts_visit_temperature, filter_top_k=args.top_k, top_p=args.top_p,
             )  # fmt: skip
         self.log_metric("gcn/mcts_completion_length", mask.sum(1).float().mean())
         return neg_ids, neg_mask, ids, mask, rows
@@ -267,7 +267,13 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             return loss_d
 
         # Weighted MLE on q̂'s samples with self-normalised w = q/q̂ (see the module docstring).
-        d_train = d_gen.detach() if args.sampler == "model" else torch.zeros(n_train, device=d_gen.device)
+        d_train = torch.zeros(n_train, device=d_gen.device)
+        if args.sampler == "model":  # D of the samples, from a dropout-free forward (D's own loss keeps dropout)
+            d_train = d_gen.detach()
+            if self.companion_signal_needs_eval_forward():
+                with self.companion_eval() as discriminator:
+                    d_train = scorer_logits(discriminator, self.companion_inputs(
+                        prompt_ids[neg_rows], prompt_mask[neg_rows], neg_ids, neg_mask)["inputs"])  # fmt: skip
         log_w = gcn_log_weights(d_train, args.weighting, args.sampler)
         groups = torch.zeros_like(train_rows) if self.data_format == "text" else train_rows
         weights = importance_weights(log_w, groups=groups)

@@ -36,6 +36,12 @@ Algorithm 2 and is left out, as there.)
   accumulation window, all processes) of ``(log pθ(y|x) - µ) Δ/σ²``; ``log pθ(y|x)`` is the detached sum over the
   completion tokens, computed by the forward pass that also trains θ (so θ and γ see the same parameters, as in
   lines 8 and 10). A mean keeps η_γ's meaning independent of batch size and λ.
+- *Reward length* (``likelihood_normalization``): the paper rewards a row by its summed log-likelihood, which
+  grows more negative with every token, so among black boxes whose outputs differ in length from the data the
+  mixture drifts to the generator with the *shortest* outputs, not to the matching one (and the model then learns
+  it, which reinforces the drift). The default rewards the per-token log-likelihood ``log pθ(y|x) / |y|`` (EOS
+  counted), which ranks generators by how well their tokens fit, whatever their lengths; ``"sum"`` keeps the
+  paper's. The paper's η_γ = 0.1 and shrinkage 0.99 are the defaults.
 - *µ*: once per optimizer step, ``µ <- α µ + (1-α) mean log pθ(y|x)`` over the step's rows, real and generated
   (line 11; µ tracks the log-likelihood under the mixture P̃γ). The γ update of a step uses µ from before the
   step; the first active step initialises µ to its own mean instead of an arbitrary constant.
@@ -86,6 +92,7 @@ GENERE_CITATION = """@inproceedings{bouchard2016genere,
 STATE_DIR = "genere_state"
 STATE_FILE = "mixture.safetensors"
 MIXTURE_FILE = "genere_mixture.json"
+LIKELIHOOD_NORMALIZATIONS = ("per_token", "sum")
 
 
 @dataclass
@@ -102,10 +109,18 @@ class GenereConfig(CooperativeConfig):
         },
     )
     generator_learning_rate: float = field(
-        default=0.03,
+        default=0.1,
         metadata={
-            "help": "η_γ: step size of the REINFORCE update of γ, once per optimizer step. Advantages are sequence "
-            "log-likelihoods in nats, so scale it down for long sequences."
+            "help": "η_γ: step size of the REINFORCE update of γ, once per optimizer step (the paper's 0.1). Advantages "
+            "are log-likelihoods in nats (per token by default, see likelihood_normalization)."
+        },
+    )
+    likelihood_normalization: str = field(
+        default="per_token",
+        metadata={
+            "help": "The reward of a generated row in the γ update (and the baseline µ): 'per_token' = log pθ(y|x) / "
+            "|y| (default: robust to generators whose outputs are shorter or longer than the data) or 'sum' = "
+            "log pθ(y|x), the paper's, which favours the generator with the shortest outputs."
         },
     )
     baseline_smoothing: float = field(
@@ -120,10 +135,10 @@ class GenereConfig(CooperativeConfig):
         default=None, metadata={"help": "Initial γ, one float per generator (None: zeros, the uniform mixture)."}
     )
     mixture_shrinkage: float = field(
-        default=1.0,
+        default=0.99,
         metadata={
             "help": "γ <- shrinkage·γ after each update, pulling toward the uniform mixture (the paper's "
-            "'shrinkage parameter', 0.99 in Sec. 3.2; 1.0: off)."
+            "'shrinkage parameter', 0.99 in Sec. 3.2, the default; 1.0: off)."
         },
     )
     mle_warmup_steps: int = field(
@@ -149,6 +164,9 @@ class GenereConfig(CooperativeConfig):
             raise ValueError(f"generator_learning_rate (η_γ) must be >= 0, got {self.generator_learning_rate}.")
         if not 0.0 < self.mixture_shrinkage <= 1.0:
             raise ValueError(f"mixture_shrinkage must be in (0, 1], got {self.mixture_shrinkage}.")
+        if self.likelihood_normalization not in LIKELIHOOD_NORMALIZATIONS:
+            raise ValueError(f"likelihood_normalization must be one of {LIKELIHOOD_NORMALIZATIONS}, got "
+                             f"{self.likelihood_normalization!r}.")  # fmt: skip
         if self.mle_warmup_steps < 0 or self.proportion_samples < 1:
             raise ValueError("mle_warmup_steps must be >= 0 and proportion_samples >= 1.")
         super().__post_init__()
@@ -348,6 +366,8 @@ class GenereTrainer(CooperativeTrainer):
         loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
         if active:
             row_logprobs = (logprobs.detach() * mask).sum(-1).to("cpu", torch.float64)
+            if self.args.likelihood_normalization == "per_token":  # a generator's output length must not decide
+                row_logprobs = row_logprobs / mask.sum(-1).clamp(min=1).to("cpu", torch.float64)
             self._step_logprobs.append(row_logprobs)
             if generated:
                 self._step_generated.append((row_logprobs[generated], deltas))

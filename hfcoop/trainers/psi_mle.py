@@ -32,7 +32,7 @@ from ..losses import (
     token_logprobs,
     weighted_nll_loss,
 )
-from ..scorers import ScorerCompanionMixin
+from ..scorers import ScorerCompanionMixin, scorer_logits
 from .base import CooperativeConfig, CooperativeTrainer
 from .cot import pad_columns
 
@@ -202,7 +202,12 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
             return loss_r
 
         # Generator: MLE on the mixture weighted by p_data/p_mix (Eq. 7-8), self-normalised (18), flattened (19).
-        log_w = log_r.detach()[rows]
+        # The weights come from a dropout-free forward (the ratio model's own loss above keeps its dropout).
+        log_w = log_r.detach()
+        if self.companion_signal_needs_eval_forward():
+            with self.companion_eval() as ratio_model:
+                log_w = scorer_logits(ratio_model, self.companion_inputs(prompts, prompts_mask, ids, mask)["inputs"])
+        log_w = log_w[rows]
         if args.ratio_target == "model":
             log_w = mixture_to_data_log_ratio(log_w, m)
         weights = importance_weights(log_w, mix[rows], args.flatten_alpha, args.self_normalize)

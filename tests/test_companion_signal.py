@@ -1,0 +1,110 @@
+"""The companion's signal to the generator is dropout-free, and each model's gradient is clipped on its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+
+from conftest import coco_lines
+
+from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, PsiMLEConfig, PsiMLETrainer
+from hfcoop.modeling import sequence_inputs
+from hfcoop.scorers import SequenceScorer
+from hfcoop.tiny import build_tiny_model
+import hfcoop.trainers.cot as cot_module
+import hfcoop.trainers.gcn as gcn_module
+import hfcoop.trainers.psi_mle as psi_module
+
+
+@pytest.fixture(scope="module")
+def dropout_lm(tmp_path_factory) -> str:
+    """A tiny GPT-2 with heavy dropout: its companions (copies / same backbone) inherit it."""
+    path = tmp_path_factory.mktemp("dropout_lm")
+    return build_tiny_model(str(path), coco_lines(200), vocab_size=300, n_layer=1, n_embd=32, n_head=2,
+                            n_positions=64, dropout=0.5)  # fmt: skip
+
+
+def settings(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, learning_rate=1e-3,
+                max_completion_length=6, report_to="none", save_strategy="no", disable_tqdm=True)  # fmt: skip
+    return {**base, **kw}
+
+
+def one_step(trainer, monkeypatch, module, name):
+    """Runs one cooperative step in train mode; returns the samples drawn, the batch, and the spied call's args."""
+    if hasattr(trainer.pair.companion, "score"):  # a zero head scores 0 with or without dropout: give it weights
+        torch.manual_seed(0)
+        torch.nn.init.normal_(trainer.pair.companion.score.weight, std=1.0)
+    seen, samples = [], []
+    spied = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: (seen.append(a), spied(*a, **k))[1])
+    sample = trainer.sample
+    trainer.sample = lambda *a, **k: (samples.append(sample(*a, **k)), samples[-1])[1]
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.cooperative_step(trainer.model, batch)
+    return samples[0], batch, seen[0]
+
+
+def eval_scores(trainer, prompt_ids, prompt_mask, ids, mask):
+    return SequenceScorer(trainer.pair.companion, trainer.scorer_inputs)(prompt_ids, prompt_mask, ids, mask)
+
+
+def test_psi_mle_weights_come_from_a_dropout_free_ratio_model(dropout_lm, tmp_path, monkeypatch):
+    data = Dataset.from_dict({"text": coco_lines(16)})
+    trainer = PsiMLETrainer(dropout_lm, train_dataset=data, args=PsiMLEConfig(**settings(tmp_path)))
+    (gen_ids, gen_mask), batch, (log_w, *_) = one_step(trainer, monkeypatch, psi_module, "importance_weights")
+    width = max(gen_ids.shape[1], batch["completion_input_ids"].shape[1])
+    pad = trainer.processing_class.pad_token_id
+    real = cot_module.pad_columns(batch["completion_input_ids"], batch["completion_mask"], width, pad)
+    gen = cot_module.pad_columns(gen_ids, gen_mask, width, pad)
+    expected = eval_scores(trainer, batch["prompt_input_ids"].repeat(2, 1), batch["prompt_attention_mask"].repeat(2, 1),
+                           torch.cat([real[0], gen[0]]), torch.cat([real[1], gen[1]]))  # fmt: skip
+    torch.testing.assert_close(log_w, expected, atol=1e-5, rtol=0)
+    assert trainer.pair.companion.training  # the ratio model's own loss still trains with dropout
+
+
+def test_gcn_weights_come_from_a_dropout_free_discriminator(dropout_lm, tmp_path, monkeypatch):
+    data = Dataset.from_dict({"text": coco_lines(16)})
+    trainer = GCNTrainer(dropout_lm, train_dataset=data, args=GCNConfig(**settings(tmp_path, num_candidates=2)))
+    (neg_ids, neg_mask), batch, (d_logits, *_) = one_step(trainer, monkeypatch, gcn_module, "gcn_log_weights")
+    rows = torch.arange(4).repeat_interleave(2)
+    width = max(neg_ids.shape[1], batch["completion_input_ids"].shape[1])
+    neg_ids, neg_mask = cot_module.pad_columns(neg_ids, neg_mask, width, trainer.processing_class.pad_token_id)
+    expected = eval_scores(trainer, batch["prompt_input_ids"][rows], batch["prompt_attention_mask"][rows], neg_ids,
+                           neg_mask)  # fmt: skip
+    torch.testing.assert_close(d_logits, expected, atol=1e-5, rtol=0)
+
+
+def test_cot_target_comes_from_a_dropout_free_mediator(dropout_lm, tmp_path, monkeypatch):
+    data = Dataset.from_dict({"text": coco_lines(16)})
+    trainer = CoTTrainer(dropout_lm, train_dataset=data, args=CoTConfig(**settings(tmp_path)))
+    (gen_ids, gen_mask), batch, (_, med_logits, *_) = one_step(trainer, monkeypatch, cot_module, "per_token_kl")
+    mediator = trainer.pair.companion
+    mediator.eval()
+    with torch.no_grad():
+        inputs = sequence_inputs(batch["prompt_input_ids"], batch["prompt_attention_mask"], gen_ids, gen_mask)
+        logits = mediator(**inputs).logits[:, -gen_ids.shape[1] - 1 : -1][gen_mask.bool()]
+    torch.testing.assert_close(med_logits.squeeze(0), logits, atol=1e-4, rtol=0)
+
+
+def test_each_model_is_clipped_on_its_own(tiny_lm, tmp_path):
+    """A large companion gradient must not shrink the generator's step (one joint clip did exactly that)."""
+    data = Dataset.from_dict({"text": coco_lines(16)})
+    trainer = PsiMLETrainer(tiny_lm, train_dataset=data, args=PsiMLEConfig(**settings(tmp_path, max_grad_norm=1.0)))
+    pair = trainer.pair
+    torch.manual_seed(0)
+    for part, norm in ((pair.generator, 0.5), (pair.companion, 100.0)):
+        params = list(part.parameters())
+        grads = [torch.randn_like(p) for p in params]
+        scale = norm / float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        for p, g in zip(params, grads):
+            p.grad = g * scale
+    gen_before = [p.grad.clone() for p in pair.generator.parameters()]
+    trainer.model.train()
+    total = trainer._clip_grad_norm(trainer.model)
+    assert abs(float(total) - (0.5**2 + 100.0**2) ** 0.5) < 1e-2  # the reported norm is still the joint one
+    assert all(torch.equal(a, p.grad) for a, p in zip(gen_before, pair.generator.parameters()))  # below its max
+    comp = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in pair.companion.parameters()])))
+    assert abs(comp - 1.0) < 1e-4  # clipped to max_grad_norm on its own
