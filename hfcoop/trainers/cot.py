@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
 from ..modeling import check_same_vocabulary, load_causal_lm, unpack_tokens
+from ..shared_base import add_companion_adapter
 from .base import CooperativeConfig, CooperativeTrainer
 
 COT_CITATION = """@inproceedings{lu2019cot,
@@ -103,6 +104,9 @@ class CoTTrainer(CooperativeTrainer):
         if companion is None:
             return copy.deepcopy(generator)
         return load_causal_lm(companion, name="mediator", trust_remote_code=args.trust_remote_code)
+
+    def build_shared_companion(self, generator: nn.Module, tokenizer: Any, peft_config: Any, args: Any) -> nn.Module:
+        return add_companion_adapter(generator, peft_config, self.companion_name)
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         check_same_vocabulary(generator, companion, tokenizer, "mediator")
