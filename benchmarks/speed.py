@@ -198,14 +198,10 @@ def _peak_rss_mib() -> float:
     return peak / (2**20 if platform.system() == "Darwin" else 2**10)
 
 
-def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, out_dir: str):
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    dataset = Dataset.from_dict({"prompt": assets["prompts"], "completion": assets["completions"]})
+def common_config(args: argparse.Namespace, out_dir: str) -> dict:
+    """The TrainingArguments fields every trainer shares (equal work, nothing logged or saved)."""
     on_cpu = args.device == "cpu"
-    common = dict(
+    return dict(
         output_dir=out_dir,
         max_steps=args.warmup + args.steps,
         per_device_train_batch_size=args.batch_size,
@@ -223,6 +219,19 @@ def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, ou
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def make_trainer(
+    name: str, args: argparse.Namespace, assets: dict, callback, out_dir: str, peft_config=None, hfcoop_extra=None
+):
+    """One trainer of ``TRAINERS``. ``peft_config`` (hfcoop and TRL SFT) trains LoRA adapters; ``hfcoop_extra``:
+    more hfcoop config fields (e.g. ``shared_base=True``)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    dataset = Dataset.from_dict({"prompt": assets["prompts"], "completion": assets["completions"]})
+    common = common_config(args, out_dir)
     if name in GROUPED:
         common["per_device_train_batch_size"] = args.batch_size // args.group_size
     student, teacher = assets["student"], assets["teacher"]
@@ -241,15 +250,17 @@ def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, ou
                 {**sampling, "sampler": "model", "num_candidates": args.group_size},
             ),
         }[name]  # fmt: skip
+        extra = {**extra, **(hfcoop_extra or {})}
         cfg = config_cls(**common, max_prompt_length=32, max_completion_length=args.length, **extra)
-        return trainer_cls(student, args=cfg, train_dataset=dataset, callbacks=[callback])
+        return trainer_cls(student, args=cfg, train_dataset=dataset, callbacks=[callback], peft_config=peft_config)
 
     tokenizer = AutoTokenizer.from_pretrained(student, padding_side="left")
     if name == "trl_sft":
         from trl import SFTConfig, SFTTrainer
 
         cfg = SFTConfig(**common, max_length=assets["max_prompt_tokens"] + args.length)
-        return SFTTrainer(student, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+        return SFTTrainer(student, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback],
+                          peft_config=peft_config)  # fmt: skip
     del torch
     if name == "trl_grpo":
         from trl import GRPOConfig, GRPOTrainer
