@@ -119,10 +119,7 @@ def build_assets(args: argparse.Namespace, workdir: str) -> dict:
 
 
 def lora_config(args: argparse.Namespace):
-    from peft import LoraConfig
-
-    return LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, fan_in_fan_out=True,
-                      target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")  # fmt: skip
+    return speed.lora_config(args.lora_r)
 
 
 def make(name: str, args: argparse.Namespace, assets: dict, out_dir: str):
