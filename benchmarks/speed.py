@@ -616,8 +616,8 @@ def render(
             + ".",
             "",
             "| trainer | median s/step (wall) | IQR (s) | × TRL SFT | median CPU s/step | × TRL SFT (CPU) | "
-            "sampled tokens/row | peak RSS (MiB) | Δ RSS over imports (MiB) |" + (" peak GPU (MiB) |" if gpu else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
+            "sampled tokens/row | sampled tokens/s | peak RSS (MiB) | Δ RSS over imports (MiB) |" + (" peak GPU (MiB) |" if gpu else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
         ]
         for name in TRAINERS + OPTIONAL:
             if name not in rows:
@@ -626,9 +626,11 @@ def render(
             rel = f"{r['median'] / base['median']:.2f}" if base else "–"
             rel_cpu = f"{r['cpu'] / base['cpu']:.2f}" if base else "–"
             sampled = f"{r['sampled_tokens']:.1f}" if r["sampled_tokens"] is not None else "–"
+            # every sampling trainer samples --batch-size completions per step (GCN / GRPO: batch / G prompts × G)
+            rate = f"{args.batch_size * r['sampled_tokens'] / r['median']:.0f}" if r["sampled_tokens"] is not None else "–"
             line = (
                 f"| {LABELS[name]} | {r['median']:.4f} | {r['q1']:.4f}–{r['q3']:.4f} | {rel} | {r['cpu']:.4f} | "
-                f"{rel_cpu} | {sampled} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_before_mib']:.0f} |"
+                f"{rel_cpu} | {sampled} | {rate} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_before_mib']:.0f} |"
             )
             if gpu:
                 line += f" {r['peak_gpu_mib']:.0f} |"
