@@ -168,3 +168,10 @@ def test_shared_base_refuses_what_it_cannot_do(tiny_lm, coco_text, tmp_path):
                    peft_config=LoraConfig(r=4, target_modules=["c_attn"], modules_to_save=["lm_head"]))  # fmt: skip
     with pytest.raises(ValueError, match="has none"):
         MLEConfig(output_dir=str(tmp_path / "o"), shared_base=True)
+
+
+def test_gcn_resample_scores_with_the_discriminator_adapter(tiny_lm, coco_prompt_completion, tmp_path):
+    """The no-grad scorer path (SIR resampling) runs through the companion view too."""
+    trainer = make("gcn", tiny_lm, coco_prompt_completion, tmp_path, sampler="resample", max_steps=2)
+    trainer.train()
+    assert any("gcn/resample_ess" in log for log in trainer.state.log_history)
