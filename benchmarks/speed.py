@@ -7,6 +7,9 @@ on-policy distillation / GRPO.
     python benchmarks/speed.py --device cuda --bf16 --steps 50
     python benchmarks/speed.py --profile            # + torch.profiler tables next to the results (slower)
     python benchmarks/speed.py --scaling            # + base / batch x2 / length x2 table (s/step, peak RSS): ~6 min
+    python benchmarks/speed.py --n-layer 12 --n-embd 768 --n-head 12 --batch-size 4 --group-size 2 --floor \
+        --trainers trl_sft,hfcoop_mle,hfcoop_cot,hfcoop_cot_shared,trl_distillation
+                                                    # GPT-2-small size + each part of a step timed alone (--floor)
 
 Everything is built locally (no Hub): a word-level tokenizer trained on COCO captions and two GPT-2 models of the
 same size (4 layers x 128 hidden; the student/generator and, for TRL's distillation, a teacher), plus a
@@ -70,6 +73,14 @@ LABELS = {
 # Trainers whose batch is counted in prompts, each sampled --group-size times (the others sample one per prompt;
 # GRPO's batch is counted in completions): all three then see batch_size / G prompts and batch_size completions.
 GROUPED = {"hfcoop_gcn"}
+# Optional rows (not in the default list): hfcoop in shared-base mode (generator and companion = 2 LoRA adapters
+# on one frozen base, see lora_config).
+OPTIONAL = ["hfcoop_cot_shared", "hfcoop_psi_mle_shared", "hfcoop_gcn_shared"]
+LABELS.update({
+    "hfcoop_cot_shared": "hfcoop CoT, shared base (2 LoRA adapters)",
+    "hfcoop_psi_mle_shared": "hfcoop ψ-MLE, shared base (2 adapters + head)",
+    "hfcoop_gcn_shared": "hfcoop GCN, shared base (2 adapters + head)",
+})
 DATA_FILE = "/work/shared/data/image_coco/image_coco.txt"
 PROMPT_WORDS = 3
 
@@ -110,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "machine OpenMP oversubscription can dominate every step (and the run can take several times longer).",
     )
     p.add_argument("--profile", action="store_true", help="Also write a torch.profiler table per trainer (slower).")
+    p.add_argument(
+        "--floor", action="store_true",
+        help="After training, time each unavoidable part of an hfcoop step alone in the same process (sampling, "
+        "the generator's and the companion's forward+backward on their rows, the optimizer step): the floor.",
+    )  # fmt: skip
+    p.add_argument("--floor-repeats", type=int, default=3, help="Timings per part (--floor); the median is kept.")
     p.add_argument("--data", default=DATA_FILE, help="One caption per line.")
     p.add_argument("--trainers", default=",".join(TRAINERS), help="Comma-separated subset of " + ", ".join(TRAINERS))
     p.add_argument("--workdir", default=None, help="Where the local models go (default: a temporary folder).")
@@ -123,9 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.thread_settings = [int(t) for t in str(args.threads).split(",") if t.strip()]
     if args.device != "cpu":
         args.thread_settings = args.thread_settings[:1]
-    unknown = set(args.trainers) - set(TRAINERS)
+    unknown = set(args.trainers) - set(TRAINERS) - set(OPTIONAL)
     if unknown:
-        p.error(f"unknown trainers {sorted(unknown)}; choose from {TRAINERS}")
+        p.error(f"unknown trainers {sorted(unknown)}; choose from {TRAINERS + OPTIONAL}")
     if args.batch_size % args.group_size:
         p.error("--batch-size must be a multiple of --group-size")
     return args
@@ -198,14 +215,10 @@ def _peak_rss_mib() -> float:
     return peak / (2**20 if platform.system() == "Darwin" else 2**10)
 
 
-def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, out_dir: str):
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    dataset = Dataset.from_dict({"prompt": assets["prompts"], "completion": assets["completions"]})
+def common_config(args: argparse.Namespace, out_dir: str) -> dict:
+    """The TrainingArguments fields every trainer shares (equal work, nothing logged or saved)."""
     on_cpu = args.device == "cpu"
-    common = dict(
+    return dict(
         output_dir=out_dir,
         max_steps=args.warmup + args.steps,
         per_device_train_batch_size=args.batch_size,
@@ -223,6 +236,23 @@ def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, ou
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def make_trainer(
+    name: str, args: argparse.Namespace, assets: dict, callback, out_dir: str, peft_config=None, hfcoop_extra=None
+):
+    """One trainer of ``TRAINERS``. ``peft_config`` (hfcoop and TRL SFT) trains LoRA adapters; ``hfcoop_extra``:
+    more hfcoop config fields (e.g. ``shared_base=True``)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    dataset = Dataset.from_dict({"prompt": assets["prompts"], "completion": assets["completions"]})
+    common = common_config(args, out_dir)
+    if name in OPTIONAL:  # shared-base mode of the same hfcoop trainer
+        peft_config = peft_config or lora_config()
+        hfcoop_extra = {**(hfcoop_extra or {}), "shared_base": True}
+        name = name[: -len("_shared")]
     if name in GROUPED:
         common["per_device_train_batch_size"] = args.batch_size // args.group_size
     student, teacher = assets["student"], assets["teacher"]
@@ -241,15 +271,17 @@ def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, ou
                 {**sampling, "sampler": "model", "num_candidates": args.group_size},
             ),
         }[name]  # fmt: skip
+        extra = {**extra, **(hfcoop_extra or {})}
         cfg = config_cls(**common, max_prompt_length=32, max_completion_length=args.length, **extra)
-        return trainer_cls(student, args=cfg, train_dataset=dataset, callbacks=[callback])
+        return trainer_cls(student, args=cfg, train_dataset=dataset, callbacks=[callback], peft_config=peft_config)
 
     tokenizer = AutoTokenizer.from_pretrained(student, padding_side="left")
     if name == "trl_sft":
         from trl import SFTConfig, SFTTrainer
 
         cfg = SFTConfig(**common, max_length=assets["max_prompt_tokens"] + args.length)
-        return SFTTrainer(student, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+        return SFTTrainer(student, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback],
+                          peft_config=peft_config)  # fmt: skip
     del torch
     if name == "trl_grpo":
         from trl import GRPOConfig, GRPOTrainer
@@ -273,6 +305,111 @@ def make_trainer(name: str, args: argparse.Namespace, assets: dict, callback, ou
         student, teacher_model=teacher, args=cfg, train_dataset=dataset, processing_class=tokenizer,
         callbacks=[callback],
     )  # fmt: skip
+
+
+def lora_config(r: int = 16):
+    """LoRA on every attention and MLP matrix of GPT-2 (r, alpha = 2r, no dropout): the LoRA rows' adapters."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, fan_in_fan_out=True,
+                      target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")  # fmt: skip
+
+
+FLOOR_PARTS = ["sampling", "generator f+b", "companion f+b", "optimizer"]
+
+
+def time_parts(trainer, reps: int, cuda: bool) -> dict[str, tuple[float, float]]:
+    """Median (wall, process CPU) seconds of each unavoidable part of one hfcoop step, each timed alone on the rows the step gives it.
+
+    Same batch, shapes and models as a training step: sampling (``trainer.sample``, the step's completions per
+    prompt); the generator's forward + backward on its training rows; the companion's forward + backward on its
+    rows (CoT: real + generated; ψ-MLE: real + generated, scored; GCN: real + the G samples per prompt, scored); the
+    optimizer step (AdamW over both models). The losses here are plain sums: what a step adds beyond these (its
+    losses, masks, padding, bookkeeping) is the overhead that step / floor measures.
+    """
+    import torch
+    from hfcoop.losses import token_logprobs
+    from hfcoop.trainers.cot import pad_columns
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def timed(fn, zero_grad: bool = True) -> tuple[float, float]:
+        times, cpu = [], []
+        for _ in range(reps):
+            if zero_grad:
+                trainer.pair.zero_grad(set_to_none=True)  # as each training step starts
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        return statistics.median(times), statistics.median(cpu)
+
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    r_ids, r_mask = batch["completion_input_ids"], batch["completion_mask"]
+    algorithm = trainer.algorithm
+    k = trainer.args.num_candidates if algorithm == "gcn" else 1
+    parts: dict[str, tuple[float, float]] = {}
+    if algorithm != "mle":
+        parts["sampling"] = timed(lambda: trainer.sample(p_ids, p_mask, k))
+        g_ids, g_mask = trainer.sample(p_ids, p_mask, k)
+        width = max(g_ids.shape[1], r_ids.shape[1])
+        pad = trainer.processing_class.pad_token_id
+        g_ids, g_mask = pad_columns(g_ids, g_mask, width, pad)
+        r_ids, r_mask = pad_columns(r_ids, r_mask, width, pad)
+    rows = torch.arange(p_ids.shape[0], device=p_ids.device)
+    both = (torch.cat([rows, rows]), torch.cat([r_ids, g_ids]), torch.cat([r_mask, g_mask])) if k == 1 and (
+        algorithm != "mle") else None  # fmt: skip
+    generator_rows = {
+        "mle": (rows, r_ids, r_mask),
+        "cot": (rows, g_ids, g_mask) if algorithm == "cot" else None,
+        "psi_mle": both,
+        "gcn": (rows.repeat_interleave(k), g_ids, g_mask) if algorithm == "gcn" else None,
+    }[algorithm]
+    companion_rows = {"cot": both, "psi_mle": both}.get(algorithm)
+    if algorithm == "gcn":
+        companion_rows = (torch.cat([rows, rows.repeat_interleave(k)]), torch.cat([r_ids, g_ids]),
+                          torch.cat([r_mask, g_mask]))  # fmt: skip
+
+    def lm_part(selection):
+        idx, ids, mask = selection
+        part = trainer.lm_inputs(p_ids[idx], p_mask[idx], ids, mask)
+        part["completion_mask"] = mask
+        return part, ids[mask.bool()]
+
+    def generator_step() -> None:
+        part, targets = lm_part(generator_rows)
+        with trainer.autocast_smart_context_manager():
+            logits, _ = trainer.model(generator=part)
+            loss = token_logprobs(logits, targets).sum()
+        loss.backward()
+
+    def companion_step() -> None:
+        idx, ids, mask = companion_rows
+        with trainer.autocast_smart_context_manager():
+            if algorithm == "cot":
+                part, targets = lm_part(companion_rows)
+                _, logits = trainer.model(companion=part)
+                loss = token_logprobs(logits, targets).sum()
+            else:
+                _, logits = trainer.model(companion=trainer.companion_inputs(p_ids[idx], p_mask[idx], ids, mask))
+                loss = logits.float().sum()
+        loss.backward()
+
+    parts["generator f+b"] = timed(generator_step)
+    if companion_rows is not None:
+        parts["companion f+b"] = timed(companion_step)
+
+    generator_step()  # gradients for every parameter, then time the update alone
+    if companion_rows is not None:
+        companion_step()
+    parts["optimizer"] = timed(trainer.optimizer.step, zero_grad=False)
+    trainer.pair.zero_grad(set_to_none=True)
+    return parts
 
 
 def worker(name: str, args: argparse.Namespace, assets: dict, conn) -> None:
@@ -338,6 +475,7 @@ def worker(name: str, args: argparse.Namespace, assets: dict, conn) -> None:
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             trainer.train()
+            parts = time_parts(trainer, args.floor_repeats, cuda) if args.floor and name.startswith("hfcoop") else None
         if args.profile and getattr(timer, "profiler", None) is not None:
             timer.profiler.__exit__(None, None, None)
             table = timer.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
@@ -354,6 +492,7 @@ def worker(name: str, args: argparse.Namespace, assets: dict, conn) -> None:
             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
             "sampled_tokens": sampled,
             "threads": torch.get_num_threads(),
+            "parts": parts,
         }
         conn.send(("done", result))
     except BaseException as exc:  # report, don't hang the parent
@@ -421,6 +560,10 @@ def pool(args: argparse.Namespace, repeats: list[dict]) -> dict:
             "rss_before_mib": statistics.median(rep[name]["rss_before_mib"] for rep in repeats),
             "peak_gpu_mib": max((rep[name]["peak_gpu_mib"] or 0) for rep in repeats),
             "threads": repeats[0][name]["threads"],
+            "parts": {  # (wall, CPU) medians over the repeats
+                part: tuple(statistics.median(rep[name]["parts"][part][i] for rep in repeats) for i in (0, 1))
+                for part in (repeats[0][name]["parts"] or {})
+            },
         }
     return rows
 
@@ -473,19 +616,21 @@ def render(
             + ".",
             "",
             "| trainer | median s/step (wall) | IQR (s) | × TRL SFT | median CPU s/step | × TRL SFT (CPU) | "
-            "sampled tokens/row | peak RSS (MiB) | Δ RSS over imports (MiB) |" + (" peak GPU (MiB) |" if gpu else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
+            "sampled tokens/row | sampled tokens/s | peak RSS (MiB) | Δ RSS over imports (MiB) |" + (" peak GPU (MiB) |" if gpu else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
         ]
-        for name in TRAINERS:
+        for name in TRAINERS + OPTIONAL:
             if name not in rows:
                 continue
             r = rows[name]
             rel = f"{r['median'] / base['median']:.2f}" if base else "–"
             rel_cpu = f"{r['cpu'] / base['cpu']:.2f}" if base else "–"
             sampled = f"{r['sampled_tokens']:.1f}" if r["sampled_tokens"] is not None else "–"
+            # every sampling trainer samples --batch-size completions per step (GCN / GRPO: batch / G prompts × G)
+            rate = f"{args.batch_size * r['sampled_tokens'] / r['median']:.0f}" if r["sampled_tokens"] is not None else "–"
             line = (
                 f"| {LABELS[name]} | {r['median']:.4f} | {r['q1']:.4f}–{r['q3']:.4f} | {rel} | {r['cpu']:.4f} | "
-                f"{rel_cpu} | {sampled} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_before_mib']:.0f} |"
+                f"{rel_cpu} | {sampled} | {rate} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - r['rss_before_mib']:.0f} |"
             )
             if gpu:
                 line += f" {r['peak_gpu_mib']:.0f} |"
@@ -504,6 +649,7 @@ def render(
                 each = ", ".join(f"{step_median(args, rep, a) / step_median(args, rep, b):.2f}" for rep in repeats)
                 met = "yes" if wall <= target else "no"
                 lines.append(f"| {text} | {wall:.2f} | {cpu:.2f} | {paired:.2f} | {each} | ≤ {target} | {met} |")
+        lines += render_floor(args, rows)
     lines += [
         "",
         "Equal work: one sampled completion per prompt for CoT / ψ-MLE / distillation, G for GCN / GRPO "
@@ -531,6 +677,41 @@ def render(
     if scaling:
         lines += render_scaling(args, scaling)
     return "\n".join(lines) + "\n"
+
+
+def render_floor(args: argparse.Namespace, rows: dict) -> list[str]:
+    """Step time against the sum of its parts, each timed alone (--floor)."""
+    timed = [n for n in TRAINERS + OPTIONAL if n in rows and rows[n]["parts"]]
+    if not timed:
+        return []
+    lines = [
+        "",
+        f"### The floor (`--floor`): each part of a step timed alone, median of {args.floor_repeats} after training, "
+        "in the same process and turn",
+        "",
+        "Each cell: wall / process CPU seconds (CPU time is what other users' load distorts least).",
+        "",
+        "| trainer | " + " | ".join(f"{p} (s)" for p in FLOOR_PARTS) + " | sum of parts (s) | median step (s) | "
+        "step / sum, wall | step / sum, CPU | goal | met (CPU) |",
+        "|---|" + "---:|" * (len(FLOOR_PARTS) + 4) + "---:|---|",
+    ]
+    for name in timed:
+        parts, row = rows[name]["parts"], rows[name]
+        wall, cpu = sum(v[0] for v in parts.values()), sum(v[1] for v in parts.values())
+        cells = [f"{parts[p][0]:.3f} / {parts[p][1]:.3f}" if p in parts else "–" for p in FLOOR_PARTS]
+        ratio_cpu = row["cpu"] / cpu
+        lines.append(
+            f"| {LABELS[name]} | " + " | ".join(cells) + f" | {wall:.3f} / {cpu:.3f} | {row['median']:.3f} / "
+            f"{row['cpu']:.3f} | {row['median'] / wall:.2f} | {ratio_cpu:.2f} | ≤ 1.1 | {'yes' if ratio_cpu <= 1.1 else 'no'} |"
+        )
+    lines += [
+        "",
+        "Parts: sampling = `trainer.sample` (the step's completions per prompt, KV-cached); generator f+b / companion "
+        "f+b = that model's forward and backward on the rows the step gives it (packed completion logits for LMs, "
+        "the one logit for scorers), loss a plain sum; optimizer = AdamW's update of both models. What a step costs "
+        "beyond their sum (its losses, padding, per-step bookkeeping, Trainer's loop) is its overhead.",
+    ]
+    return lines
 
 
 def scaling_settings(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
@@ -571,7 +752,7 @@ def render_scaling(args: argparse.Namespace, scaling: list[tuple[str, argparse.N
         f"| trainer | {head} |",
         "|---|" + "---:|" * (2 * len(scaling)),
     ]
-    for name in TRAINERS:
+    for name in TRAINERS + OPTIONAL:
         if name not in scaling[0][2]:
             continue
         base = scaling[0][2][name]["median"]
@@ -589,6 +770,7 @@ TARGETS = [
     ("hfcoop MLE / TRL SFT", "hfcoop_mle", "trl_sft", 1.05),
     ("hfcoop GCN / TRL GRPO", "hfcoop_gcn", "trl_grpo", 1.0),
     ("hfcoop ψ-MLE / TRL GRPO", "hfcoop_psi_mle", "trl_grpo", 1.3),
+    ("hfcoop CoT shared base / TRL distillation", "hfcoop_cot_shared", "trl_distillation", 1.0),
 ]
 
 

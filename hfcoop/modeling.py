@@ -7,6 +7,7 @@ precision, DDP/DeepSpeed/FSDP, gradient accumulation and checkpoints then cover 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import inspect
 import json
@@ -18,6 +19,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from .shared_base import AdapterCompanion
 
 try:
     from peft import PeftModel, set_peft_model_state_dict
@@ -387,12 +390,13 @@ class CooperativePair(nn.Module):
             )
         if companion is not None:
             if "completion_length" in companion:
-                comp_out = completion_logits(
-                    self.companion,
-                    companion["inputs"],
-                    companion["completion_length"],
-                    companion.get("completion_mask"),
-                )
+                lm, scope = self.companion, contextlib.nullcontext()
+                if isinstance(lm, AdapterCompanion):  # shared-base mode: the generator's model, companion adapter
+                    lm, scope = lm.peft_model, lm.active()
+                with scope:
+                    comp_out = completion_logits(
+                        lm, companion["inputs"], companion["completion_length"], companion.get("completion_mask")
+                    )
             else:
                 comp_out = classifier_forward(self.companion, companion["inputs"])
         return gen_out, comp_out
@@ -424,6 +428,9 @@ def save_module(module: nn.Module, directory: str, state_dict: dict[str, torch.T
 
 def load_module_weights(module: nn.Module, directory: str) -> None:
     """Loads weights written by :func:`save_module` back into ``module`` in place (exact resume)."""
+    if isinstance(module, AdapterCompanion):
+        module.load_weights(directory)
+        return
     if PeftModel is not None and isinstance(module, PeftModel):
         set_peft_model_state_dict(module, load_file(os.path.join(directory, "adapter_model.safetensors")))
         return

@@ -324,6 +324,16 @@ class ScorerCompanionMixin:
         )
         return model
 
+    def build_shared_companion(self, generator: nn.Module, tokenizer: Any, peft_config: Any, args: Any) -> nn.Module:
+        from .shared_base import add_companion_adapter
+
+        if args.scorer_tokenizer is not None:
+            raise ValueError("shared_base=True scores with the generator's own base model and tokenizer: unset "
+                             "scorer_tokenizer.")  # fmt: skip
+        self.scorer_tokenizer = tokenizer
+        self.scorer_inputs = ScorerInputs(tokenizer, tokenizer, max_positions(generator))
+        return add_companion_adapter(generator, peft_config, self.companion_name, scorer=True)
+
     def companion_inputs(
         self,
         prompt_ids: torch.Tensor,

@@ -49,6 +49,7 @@ from ..modeling import (
     save_module,
     sequence_inputs,
 )
+from ..shared_base import GENERATOR_ADAPTER, AdapterCompanion, check_shared_base_peft_config
 from ..sampling import build_generation_config, generation_mode, sample_completions
 from ..watching import CompletionsLogger, write_completions
 
@@ -101,6 +102,14 @@ class CooperativeConfig(TrainingArguments):
     )
     companion_peft: bool = field(
         default=False, metadata={"help": "Also put the `peft_config` adapters on an LM companion (not only G)."}
+    )
+    shared_base: bool = field(
+        default=False,
+        metadata={
+            "help": "Generator and companion as two LoRA adapters (plus a scorer's one-logit head) on ONE frozen base "
+            "model instead of two models: needs `peft_config`; the companion starts at the base model. CoT, ψ-MLE, "
+            "GCN. Peak memory ≈ LoRA-SFT's (benchmarks/README)."
+        },
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the Hub (only for models you trust)."}
@@ -216,6 +225,8 @@ class CooperativeConfig(TrainingArguments):
                              ">= 1.")  # fmt: skip
         if self.companion_warmup_steps and not self.has_learned_companion:
             raise ValueError(f"companion_warmup_steps needs a learned companion model; {type(self).__name__} has none.")
+        if self.shared_base and not self.has_learned_companion:
+            raise ValueError(f"shared_base puts a companion model on the generator's base; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
@@ -286,8 +297,11 @@ class CooperativeTrainer(Trainer):
         # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
         self.eos_token_ids = eos_token_ids(tokenizer, generator)
         check_lengths(generator, args, self.data_format)
-        companion_module = self.build_companion(companion, generator, tokenizer, args)
-        if peft_config is not None:
+        if args.shared_base:
+            generator, companion_module = self._shared_base_pair(companion, generator, tokenizer, peft_config, args)
+        else:
+            companion_module = self.build_companion(companion, generator, tokenizer, args)
+        if peft_config is not None and not args.shared_base:
             from peft import get_peft_model
 
             generator = get_peft_model(prepare_quantized(generator), peft_config)
@@ -350,6 +364,26 @@ class CooperativeTrainer(Trainer):
                 f"companion_init_kwargs set), but the generator has no name or path: pass the {self.companion_name}."
             )
         return self.base_model_id
+
+    def build_shared_companion(self, generator: nn.Module, tokenizer: Any, peft_config: Any, args: Any) -> nn.Module:
+        """The companion of ``shared_base`` mode, an adapter (and head) on the generator's ``PeftModel``."""
+        raise ValueError(f"{type(self).__name__} has no shared-base mode (CoT, ψ-MLE and GCN have one).")
+
+    def _shared_base_pair(
+        self, companion: Any, generator: PreTrainedModel, tokenizer: Any, peft_config: Any, args: Any
+    ) -> tuple[nn.Module, nn.Module]:
+        from peft import get_peft_model
+
+        check_shared_base_peft_config(peft_config)
+        if companion is not None:
+            raise ValueError(
+                f"shared_base=True builds the {self.companion_name} as a second adapter on the generator's base model; "
+                f"do not pass a {self.companion_name} (or set shared_base=False to use your own)."
+            )
+        with torch.random.fork_rng(devices=[]):  # adapters start from the same weights in every run (resume tests)
+            torch.manual_seed(args.seed)
+            generator = get_peft_model(generator, peft_config)
+            return generator, self.build_shared_companion(generator, tokenizer, peft_config, args)
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         """Compatibility checks between generator and companion, raised at construction."""
@@ -606,7 +640,8 @@ class CooperativeTrainer(Trainer):
         companion_lr = self.args.companion_learning_rate
         if companion_lr is None:  # not `or`: 0.0 is a real setting (a frozen companion)
             companion_lr = self.args.learning_rate
-        companion_ids = {id(p) for p in companion.parameters()}
+        params = companion.all_parameters() if isinstance(companion, AdapterCompanion) else companion.parameters()
+        companion_ids = {id(p) for p in params}
         groups = []
         for group in optimizer.param_groups:
             for is_companion in (False, True):
@@ -649,7 +684,10 @@ class CooperativeTrainer(Trainer):
             for part in split:
                 split[part] = {k[len(part) + 1 :]: v for k, v in state_dict.items() if k.startswith(part + ".")}
         check_finite_weights(pair.generator, "generator")
-        save_module(pair.generator, output_dir, split["generator"])
+        if self.args.shared_base:  # the generator's adapter alone (the companion's is saved below, with the companion)
+            pair.generator.save_pretrained(output_dir, state_dict=split["generator"], selected_adapters=[GENERATOR_ADAPTER])
+        else:
+            save_module(pair.generator, output_dir, split["generator"])
         if pair.companion is not None and (self._checkpointing or self.args.save_companion):
             save_module(pair.companion, os.path.join(output_dir, self.companion_name), split["companion"])
         self.processing_class.save_pretrained(output_dir)

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
 from ..distributed import copy_model
 from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
+from ..shared_base import add_companion_adapter
 from .base import CooperativeConfig, CooperativeTrainer
 
 COT_CITATION = """@inproceedings{lu2019cot,
@@ -119,6 +120,9 @@ class CoTTrainer(CooperativeTrainer):
             return copy_model(generator)  # ZeRO-3: rebuilt from the gathered weights
         return load_causal_lm(companion, name="mediator", init_kwargs=args.resolved_companion_init_kwargs,
                               trust_remote_code=args.trust_remote_code)  # fmt: skip
+
+    def build_shared_companion(self, generator: nn.Module, tokenizer: Any, peft_config: Any, args: Any) -> nn.Module:
+        return add_companion_adapter(generator, peft_config, self.companion_name)
 
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         check_same_vocabulary(generator, companion, tokenizer, "mediator")
