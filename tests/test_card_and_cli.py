@@ -8,7 +8,6 @@ import sys
 import warnings
 
 import pytest
-from datasets import Dataset
 
 import transformers.modeling_utils
 from hfcoop import CoTConfig, CoTTrainer, MLEConfig, MLETrainer

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-from datasets import Dataset
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, MLEConfig, MLETrainer, PsiMLEConfig, PsiMLETrainer
