@@ -311,3 +311,12 @@ def test_generate_truncates_prompts_longer_than_the_model(tiny_lm, tmp_path, cap
 def main_rows(argv, capsys):
     main(argv)
     return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+
+
+def test_card_of_a_script_run_redacts_tokens_from_sys_argv(tiny_lm, coco_text, tmp_path, monkeypatch):
+    """API users run `python train.py --hub_token ...`: the card's reproduce command comes from sys.argv."""
+    monkeypatch.setattr(sys, "argv", ["train.py", "--hub_token", SENTINEL, f"--other_token={SENTINEL}", "--lr", "1"])
+    trainer = MLETrainer(tiny_lm, train_dataset=coco_text, args=config(MLEConfig, tmp_path))
+    trainer.save_model()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert SENTINEL not in card and "--hub_token ***" in card and "--other_token=***" in card and "--lr 1" in card
