@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig
 from transformers import BitsAndBytesConfig
 
