@@ -262,9 +262,25 @@ def test_every_algorithm_on_chat_data_through_the_cli(name, tmp_path):
         assert args["model_init_kwargs"] == {"dtype": "float32", "attn_implementation": "eager"}
     if name == "cot":
         assert args["companion_init_kwargs"] == {"attn_implementation": "sdpa"}
+    if name == "mle":  # evaluate / sweep a saved instruct model on conversational rows
+        metrics_file = str(tmp_path / "metrics.json")
+        main(["evaluate", "--model_name_or_path", out, "--dataset_name", CHAT_TEST, "--num_samples", "4",
+              "--max_new_tokens", "8", "--max_prompt_length", "48", "--output_file", metrics_file])  # fmt: skip
+        metrics = json.load(open(metrics_file))
+        assert metrics["nll_per_token"] == pytest.approx(report["after"]["nll_per_token"], rel=1e-4)  # same rows
+        rows = main_sweep(["--model_name_or_path", out, "--dataset_name", CHAT_TEST, "--num_samples", "4",
+                           "--max_new_tokens", "8", "--max_prompt_length", "48", "--temperatures", "1.0",
+                           "--output_dir", str(tmp_path / "sweep")])  # fmt: skip
+        assert "rougeL" in rows[0] and "distinct-2" in rows[0]
 
 
 def main_train(name: str, argv: list[str]) -> dict:
     from hfcoop.cli import train
 
     return train([name, *argv])
+
+
+def main_sweep(argv: list[str]) -> list[dict]:
+    from hfcoop.cli import sweep_cli
+
+    return sweep_cli(argv)

@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig
 from transformers import BitsAndBytesConfig
 
@@ -132,3 +131,34 @@ def test_qlora_gcn_discriminator_in_4bit(tiny_lm, coco_prompt_completion, tmp_pa
     args.companion_init_kwargs, args.companion_peft = {}, False
     trainer = GCNTrainer(tiny_lm, args=args, train_dataset=coco_prompt_completion, peft_config=lora)
     assert is_quantized(trainer.pair.generator) and not is_quantized(trainer.pair.companion)
+
+
+@needs_bnb
+def test_qlora_on_chat_data_through_the_cli(tmp_path):
+    """The issue's "done when": an instruct-style model on `messages` data, QLoRA through TRL's YAML keys."""
+    import os
+
+    from hfcoop.cli import train
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    recipe = tmp_path / "qlora.yaml"
+    recipe.write_text(
+        "use_peft: true\ncompanion_peft: true\nlora_r: 4\nlora_alpha: 8\n"
+        "model_init_kwargs:\n  quantization_config:\n    load_in_4bit: true\n    bnb_4bit_quant_type: nf4\n"
+        "    bnb_4bit_compute_dtype: float32\n"
+    )
+    out = str(tmp_path / "run")
+    report = train(["cot", "--config", str(recipe), "--tiny_model", "true", "--tiny_model_hidden", "32",
+                    "--tiny_model_layers", "1", "--tiny_model_vocab_size", "2000",
+                    "--dataset_name", os.path.join(root, "recipes", "data", "squad_qg_chat_train.jsonl"),
+                    "--eval_dataset_name", os.path.join(root, "recipes", "data", "squad_qg_chat_test.jsonl"),
+                    "--max_train_samples", "16", "--max_eval_samples", "4", "--quality_samples", "4",
+                    "--max_steps", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
+                    "--max_prompt_length", "48", "--learning_rate", "1e-2", "--save_strategy", "no",
+                    "--report_to", "none", "--disable_tqdm", "true", "--output_dir", out])  # fmt: skip
+    assert all(math.isfinite(v) for v in report["after"].values())
+    assert report["after"]["nll_per_token"] != report["before"]["nll_per_token"]  # the adapters learned
+    saved = set(os.listdir(out))
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
+    adapter = json.load(open(os.path.join(out, "adapter_config.json")))
+    assert adapter["r"] == 4 and adapter["peft_type"] == "LORA"
