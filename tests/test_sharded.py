@@ -165,7 +165,8 @@ def test_two_machines_on_localhost_match_ddp(launched, tiny_lm, tmp_path):
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
             "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, tiny_lm, DATA, root, "cot",
         ]  # fmt: skip
-        jobs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env(), cwd=ROOT))
+        pipe = subprocess.PIPE
+        jobs.append(subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, env=job_env(), cwd=ROOT))
     outputs = [job.communicate(timeout=1500) for job in jobs]
     for job, (out, err) in zip(jobs, outputs):
         assert job.returncode == 0, err[-4000:]

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..distributed import copy_model
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
 from ..modeling import check_same_vocabulary, load_causal_lm, unpack_tokens
-from ..distributed import copy_model
 from .base import CooperativeConfig, CooperativeTrainer
 
 COT_CITATION = """@inproceedings{lu2019cot,
