@@ -360,6 +360,8 @@ def train(argv: list[str]) -> dict[str, Any]:
     report: dict[str, Any] = {}
     # The report samples from the unwrapped generator with no collective ops, so the main process alone runs it.
     # Sharded parameters (ZeRO-3, FSDP) need every rank to sample, so there the report is skipped.
+    from .distributed import parameters_are_sharded
+
     sharded = parameters_are_sharded(trainer.accelerator)
     assess = bool(script.quality_samples) and eval_ds is not None and trainer.is_world_process_zero() and not sharded
     if sharded and script.quality_samples and trainer.is_world_process_zero():
@@ -383,14 +385,6 @@ def train(argv: list[str]) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         print(f"hfcoop: generator saved to {args.output_dir}")
     return report
-
-
-def parameters_are_sharded(accelerator: Any) -> bool:
-    """FSDP or ZeRO-3: the generator's weights live on every rank in pieces. Read from accelerate's state, which
-    holds the plugin whether DeepSpeed came from ``--deepspeed`` or from the accelerate config."""
-    from .sampling import _is_zero3
-
-    return getattr(accelerator.state, "fsdp_plugin", None) is not None or _is_zero3(accelerator)
 
 
 def quality(trainer: Any, eval_dataset: Any, num_samples: int) -> dict[str, float]:

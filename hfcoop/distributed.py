@@ -17,6 +17,17 @@ import torch
 from torch import nn
 
 
+def parameters_are_sharded(accelerator: Any) -> bool:
+    """FSDP or ZeRO-3: every rank holds a piece of each weight. Read from accelerate's state, which has the plugin
+    whether DeepSpeed came from ``--deepspeed`` or from the accelerate config (``TrainingArguments`` has
+    ``hf_deepspeed_config`` only in the first case)."""
+    state = accelerator.state
+    if getattr(state, "fsdp_plugin", None) is not None:
+        return True
+    plugin = getattr(state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
 def is_partitioned(module: nn.Module) -> bool:
     """Whether ``module`` holds DeepSpeed ZeRO-3 partitioned parameters."""
     return any(hasattr(p, "ds_id") for p in module.parameters())

@@ -151,9 +151,10 @@ def load_scorer(
         # Decoder classifiers refuse batches without a pad id (hfcoop pools on the attention mask regardless).
         base.config.pad_token_id = tokenizer.pad_token_id
     embeddings = base.get_input_embeddings()
-    if embeddings is not None and len(tokenizer) > full_shape(embeddings.weight)[0]:
+    rows = full_shape(embeddings.weight)[0] if embeddings is not None else None  # ZeRO-3: not the placeholder's 0
+    if rows is not None and len(tokenizer) > rows:
         raise ValueError(
-            f"The {name}'s tokenizer has {len(tokenizer)} tokens but the {name} only {full_shape(embeddings.weight)[0]} "
+            f"The {name}'s tokenizer has {len(tokenizer)} tokens but the {name} only {rows} "
             f"embeddings: if the {name} uses another tokenizer than the generator, pass it (`scorer_tokenizer`)."
         )
     positions = max_positions(model)

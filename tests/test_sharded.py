@@ -96,8 +96,10 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def assert_engine_ran(engine: str, checkpoint: str) -> None:
     """The job really used the sharded engine (not a silent DDP fallback)."""
     if engine.startswith("zero"):
-        states = os.path.join(checkpoint, "global_step2", "zero_pp_rank_1_mp_rank_00_model_states.pt")
-        saved = torch.load(states, map_location="cpu", weights_only=False)  # our own test checkpoint
+        folder = os.path.join(checkpoint, "global_step2")
+        assert os.path.isfile(os.path.join(folder, "zero_pp_rank_1_mp_rank_00_optim_states.pt"))  # one shard per rank
+        states = "mp_rank_00_model_states.pt" if engine == "zero2" else "zero_pp_rank_0_mp_rank_00_model_states.pt"
+        saved = torch.load(os.path.join(folder, states), map_location="cpu", weights_only=False)  # our own file
         assert saved["ds_config"]["zero_optimization"]["stage"] == int(engine[-1])
         assert saved["dp_world_size"] == 2
     else:
@@ -163,7 +165,8 @@ def test_two_machines_on_localhost_match_ddp(launched, tiny_lm, tmp_path):
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
             "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, tiny_lm, DATA, root, "cot",
         ]  # fmt: skip
-        jobs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env(), cwd=ROOT))
+        pipe = subprocess.PIPE
+        jobs.append(subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, env=job_env(), cwd=ROOT))
     outputs = [job.communicate(timeout=1500) for job in jobs]
     for job, (out, err) in zip(jobs, outputs):
         assert job.returncode == 0, err[-4000:]

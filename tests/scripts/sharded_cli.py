@@ -72,10 +72,13 @@ def main(model: str, data: str, root: str, algorithms: list[str]) -> None:
         force_fsdp_on_cpu()
     from hfcoop.cli import train
 
+    # SGD (not Adam: Adam's first steps turn rounding noise into lr-sized differences, ARCHITECTURE.md) with momentum,
+    # so a resume must restore optimizer state (and FSDP2's optimizer load refuses the empty state of plain SGD).
     common = [
         "--model_name_or_path", model, "--dataset_name", data, "--max_train_samples", "64", "--quality_samples", "0",
         "--max_steps", "3", "--save_steps", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "6",
-        "--optim", "sgd", "--optim_args", "momentum=0.9", "--learning_rate", "0.5", "--logging_steps", "1", "--save_companion", "true",
+        "--optim", "sgd", "--optim_args", "momentum=0.9", "--learning_rate", "0.5", "--logging_steps", "1",
+        "--save_companion", "true",
         "--disable_tqdm", "true", "--use_cpu", "true", "--report_to", "none", "--seed", "0",
     ]  # fmt: skip
     for algorithm in algorithms:
