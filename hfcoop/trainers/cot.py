@@ -22,7 +22,6 @@ from transformers import PreTrainedModel
 
 from ..distributed import copy_model
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
-from ..distributed import copy_model
 from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
 from ..shared_base import add_companion_adapter
 from .base import CooperativeConfig, CooperativeTrainer
