@@ -180,6 +180,7 @@ def run_seed(task: str, data: dict, a, seed: int, tmp: str) -> dict:
     shared, per_algorithm = common.training_settings(a, lengths["completion_len"])
     shared["max_prompt_length"] = lengths["prompt_len"]
     per_algorithm["GCN"]["num_candidates"] = a.gcn_candidates  # prompt/completion data: ≥ 2 per prompt
+    per_algorithm["GCN"]["mle_weight"] = a.gcn_mle_weight
     pretrained, pre_seconds, _ = common.pretrain(init, os.path.join(tmp, "pretrained"), a.pretrain_steps,
                                                  a.pretrain_lr, shared, train_ds)  # fmt: skip
     mediator = None
@@ -239,7 +240,7 @@ def report(a, results: dict, total: float) -> None:
              f"**Protocol** (module docstring): seeds {a.seeds}; generator GPT-2 {a.n_layer} x {a.n_embd}; "
              f"{a.pretrain_steps} MLE pretraining steps (lr {a.pretrain_lr}), then {a.steps} steps per algorithm "
              f"(batch {a.batch_size}, Adam lr {a.lr}); CoT mediator width {a.mediator_n_embd or 'copy of G'}; GCN "
-             f"{a.gcn_candidates} samples per prompt; {a.test_size} test prompts. Mean ± half the min-max spread over "
+             f"{a.gcn_candidates} samples per prompt, mle_weight {a.gcn_mle_weight}; {a.test_size} test prompts. Mean ± half the min-max spread over "
              "seeds. BLEU-4 (corpus, 0-1) and ROUGE-L of greedy outputs; Self-BLEU-4 of T=1 samples; NLL per "
              "reference token.", ""]  # fmt: skip
     for task, per_seed in results.items():
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--doc-words", type=int, default=80, help="abstract words kept in a summarization prompt")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--gcn-candidates", type=int, default=2)
+    p.add_argument("--gcn-mle-weight", type=float, default=0.0, help="GCN mle_weight λ (0: pure GCN)")
     p.add_argument("--sir-candidates", type=int, default=8)
     p.add_argument("--mcts-simulations", type=int, default=8)
     p.add_argument("--no-decoding", dest="decoding", action="store_false", help="skip the cooperative decoding rows")
