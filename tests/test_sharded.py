@@ -13,6 +13,10 @@ generator, GENERE's mixture state on DeepSpeed resume); FSDP2 runs CoT, psi-MLE 
 pair's forward, scorer companions); ZeRO-2 runs CoT and GENERE. `HFCOOP_SHARDED_FULL_MATRIX=1` runs all five
 under every engine (what README's distributed section reports as executed).
 
+Cost, measured on the 2-core machine while 3 other jobs shared it: 4 tests, 714 s wall, 385 s CPU (user + sys) for
+the 5 launches (DDP, ZeRO-2, ZeRO-3, FSDP2, two "machines"); the first DeepSpeed launch of a machine also compiles
+DeepSpeed's small C++ extension with g++ (~60 s, then cached under ~/.cache/torch_extensions).
+
 FSDP on CPU: accelerate never turns a CPU launch into FSDP (it silently runs DDP), so for the FSDP job the driver
 script applies a TEST-ONLY switch past that check (`force_fsdp_on_cpu` in tests/scripts/sharded_cli.py, enabled by
 HFCOOP_TEST_FSDP_ON_CPU=1); the test asserts the checkpoint really is an FSDP one.
