@@ -25,6 +25,7 @@ if [ -z "$PY" ]; then
 fi
 DRY=0
 [ "${1:-}" = "--cpu-dry-run" ] && DRY=1
+export PY DRY
 if [ $DRY = 1 ]; then
   OUT=${OUT_DIR:-$ROOT/benchmarks/results/gpu_check_cpu_dry_run}
 else
@@ -32,6 +33,7 @@ else
 fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d -t hfcoop_gpu_check_XXXX)
+export WORK
 trap 'rm -rf "$WORK"' EXIT
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 SUMMARY="$OUT/summary.md"
@@ -52,7 +54,8 @@ step() {
   shift 2
   echo "== $name (limit ${limit}s): $*"
   local t0=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  # via bash -c so that shell functions (exported below) run under `timeout` too
+  timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   local dt=$(( $(date +%s) - t0 ))
   [ $rc -ne 0 ] && FAILED=1
@@ -78,12 +81,14 @@ if torch.cuda.is_available():
     print("device 0:", torch.cuda.get_device_name(0), "| bf16:", torch.cuda.is_bf16_supported())
 EOF
 }
+export -f env_report
 step env 60 env_report
 
 # ------------------------------------------------------------------ 2. speed (bf16, GPT-2-small shape)
 ALL=hfcoop_mle,trl_sft,hfcoop_cot,trl_distillation,hfcoop_psi_mle,hfcoop_gcn,trl_grpo,hfcoop_cot_shared
 if [ $DRY = 1 ]; then
-  step speed 400 "$PY" benchmarks/speed.py --device cpu --steps 1 --warmup 1 --chunk 1 --repeats 1 --floor \
+  # Dry-run limits are generous: on a shared 2-core CPU building the trainers alone can take minutes.
+  step speed 1200 "$PY" benchmarks/speed.py --device cpu --steps 1 --warmup 1 --chunk 1 --repeats 1 --floor \
     --floor-repeats 1 --batch-size 4 --group-size 2 --length 8 --trainers trl_sft,hfcoop_cot,hfcoop_cot_shared \
     --output "$OUT/speed.md"
 else
@@ -94,7 +99,7 @@ fi
 
 # ------------------------------------------------------------------ 3. memory (bf16, 124M)
 if [ $DRY = 1 ]; then
-  step memory 400 "$PY" benchmarks/memory.py --tiny --trainers trl_sft,hfcoop_cot,trl_sft_lora,hfcoop_cot_shared \
+  step memory 1200 "$PY" benchmarks/memory.py --tiny --trainers trl_sft,hfcoop_cot,trl_sft_lora,hfcoop_cot_shared \
     --output "$OUT/memory.md"
 else
   step memory 170 "$PY" benchmarks/memory.py --device cuda --bf16 --batch-size 16 --output "$OUT/memory.md"
@@ -113,6 +118,8 @@ zero2() {
     --max_steps 4 --save_steps 2 --logging_steps 1 --quality_samples 0 --max_eval_samples 16 \
     $([ $DRY = 1 ] && echo "--use_cpu true" || echo "--bf16 true") &&
   ls "$WORK/zero2" "$WORK/zero2/checkpoint-4" &&
+  # a DeepSpeed checkpoint has its engine state in global_step*/ (a silent fallback to plain DDP would not)
+  { ls -d "$WORK/zero2/checkpoint-4"/global_step* || { echo "checkpoint-4 is not a DeepSpeed checkpoint"; false; }; } &&
   "$PY" - "$WORK/zero2" <<'EOF'
 import sys
 from transformers import AutoModelForCausalLM
@@ -120,7 +127,8 @@ model = AutoModelForCausalLM.from_pretrained(sys.argv[1])  # the exported genera
 print("exported generator:", type(model).__name__, sum(p.numel() for p in model.parameters()), "parameters")
 EOF
 }
-step zero2 $([ $DRY = 1 ] && echo 300 || echo 75) zero2
+export -f zero2
+step zero2 $([ $DRY = 1 ] && echo 900 || echo 75) zero2
 
 # ------------------------------------------------------------------ 5. 4-bit QLoRA
 if [ -f benchmarks/gpu_qlora_check.py ]; then

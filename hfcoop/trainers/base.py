@@ -108,7 +108,7 @@ class CooperativeConfig(TrainingArguments):
         metadata={
             "help": "Generator and companion as two LoRA adapters (plus a scorer's one-logit head) on ONE frozen base "
             "model instead of two models: needs `peft_config`; the companion starts at the base model. CoT, ψ-MLE, "
-            "GCN. Peak memory ≈ LoRA-SFT's (benchmarks/README)."
+            "GCN. Peak memory at 124M: 1.2-1.4x LoRA-SFT's, a third of the two-model pair's (benchmarks/README)."
         },
     )
     trust_remote_code: bool = field(
