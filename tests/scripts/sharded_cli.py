@@ -79,6 +79,9 @@ def main(model: str, data: str, root: str, algorithms: list[str]) -> None:
         "--max_steps", "3", "--save_steps", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "6",
         "--optim", "sgd", "--optim_args", "momentum=0.9", "--learning_rate", "0.5", "--logging_steps", "1",
         "--save_companion", "true",
+        # No clipping: DDP clips the generator and the companion each (per-model norms) while DeepSpeed and FSDP clip
+        # their joint norm inside the engine, so with clipping on the runs would differ by policy, not by engine.
+        "--max_grad_norm", "0",
         "--disable_tqdm", "true", "--use_cpu", "true", "--report_to", "none", "--seed", "0",
     ]  # fmt: skip
     for algorithm in algorithms:
