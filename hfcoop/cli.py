@@ -619,7 +619,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 
     from .data import pad_left, start_token_id
-    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer
+    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer, max_positions
     from .sampling import build_generation_config, generation_mode, sample_completions
 
     (a,) = parse((GenerateArguments,), argv)
@@ -652,7 +652,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
             start = end
     else:
         # As in training, prompts keep their last tokens: what fits the model's positions beside the new tokens.
-        limit = a.max_prompt_length or (getattr(model.config, "max_position_embeddings", None) or 10**9) - a.max_new_tokens
+        limit = a.max_prompt_length or (max_positions(model) or 10**9) - a.max_new_tokens
         if limit < 1:
             raise SystemExit(f"hfcoop: --max_new_tokens {a.max_new_tokens} leaves no room for a prompt in the model's "
                              "positions: lower it.")  # fmt: skip

@@ -24,7 +24,8 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from .data import pad_left, start_token_id
 from .sampling import build_generation_config, sample_completions
-from .scorers import ScoreFn, ScorerInputs, SequenceScorer, load_scorer, max_positions
+from .modeling import max_positions
+from .scorers import ScoreFn, ScorerInputs, SequenceScorer, load_scorer
 
 
 def resample_log_weights(logits: torch.Tensor, weighting: str = "d") -> torch.Tensor:
@@ -325,7 +326,7 @@ def cooperative_generate(
         rows = [[start_token_id(tokenizer)] for _ in range(num_samples)]
     else:
         # Prompts keep their newest tokens so that prompt + completion fit the generator's positions.
-        keep = (getattr(generator.config, "max_position_embeddings", None) or 10**9) - max_new_tokens
+        keep = (max_positions(generator) or 10**9) - max_new_tokens
         rows = [tokenizer(p)["input_ids"][-keep:] or [start_token_id(tokenizer)] for p in prompts]
     eos_ids = eos_token_ids(tokenizer, generator)
     config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p, eos_ids)

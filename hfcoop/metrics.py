@@ -384,6 +384,8 @@ def reference_nll(
     """
     import torch
 
+    from .modeling import max_positions  # here, so importing metrics loads no model code
+
     if not texts:
         raise ValueError("no texts to score")
     if prompts is not None and len(prompts) != len(texts):
@@ -407,7 +409,7 @@ def reference_nll(
     else:
         prompt_ids = [[] for _ in texts]
     sequences: list[tuple[list[int], int]] = []  # (ids, index of first scored token)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
+    limit = max_positions(model) or 10**9
     for p_ids, t_ids in zip(prompt_ids, text_ids):
         if max_prompt_length is not None:
             p_ids = p_ids[-max_prompt_length:] if max_prompt_length > 0 else []

@@ -27,6 +27,27 @@ try:
 except ImportError:  # peft is a hard dependency, but keep import errors readable
     PeftModel = None  # type: ignore[assignment,misc]
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model under a ``PeftModel`` wrapper (the model itself when it is not wrapped)."""
+    return model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """Most positions the model can embed, read from its text config (None: unknown / unbounded).
+
+    The one definition of a model's position limit: GPT-2 names it ``n_positions`` / ``n_ctx``, Llama and most
+    others ``max_position_embeddings``; a multimodal config keeps it in its text config.
+    """
+    config = getattr(unwrap_peft(model), "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 # Encoder-only families that AutoModelForCausalLM would silently turn into a (untrained) decoder head.
 _ENCODER_ONLY = {
     "bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta", "camembert",
@@ -99,7 +120,7 @@ def resolve_init_kwargs(
 def is_quantized(model: nn.Module) -> bool:
     """Whether the model's weights are k-bit quantized (bitsandbytes 4/8-bit or another quantizer): they cannot be
     trained directly, only through adapters."""
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     return bool(
         getattr(base, "is_loaded_in_4bit", False)
         or getattr(base, "is_loaded_in_8bit", False)
@@ -138,7 +159,7 @@ def load_causal_lm(
         )
         _check_causal_config(config, f"{name} '{model}'")
         return AutoModelForCausalLM.from_pretrained(model, **kwargs)
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     if not isinstance(base, PreTrainedModel) or not hasattr(base, "generate"):
         raise ValueError(f"{name} must be a transformers causal LM or a path/Hub id, got {type(model).__name__}.")
     _check_causal_config(base.config, f"{name} ({type(base).__name__})")
@@ -227,7 +248,7 @@ def check_same_vocabulary(generator: nn.Module, companion: nn.Module, tokenizer:
 
 
 def uses_logits_to_keep(model: nn.Module) -> bool:
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
@@ -283,7 +304,7 @@ _MASK_LOGITS_TO_KEEP: dict[type, bool] = {}
 def uses_mask_logits_to_keep(model: nn.Module) -> bool:
     """Whether ``logits_to_keep`` may be a boolean ``(B, L)`` mask (models that slice with transformers'
     ``slice_logits_to_keep``, i.e. nearly every causal LM of transformers 5; not remote code)."""
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     cls = type(base)
     if cls not in _MASK_LOGITS_TO_KEEP:
         try:
@@ -300,7 +321,7 @@ def uses_mask_logits_to_keep(model: nn.Module) -> bool:
 
 def _pad_configs(model: nn.Module) -> list[Any]:
     """The configs whose ``pad_token_id`` a sequence classifier reads to pool (its own and its text config)."""
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     if config is None:
         return []

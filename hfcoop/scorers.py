@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from .data import start_token_id
 from .distributed import full_shape, gathered, load_whole_state_dict, whole_state_dict
-from .modeling import PeftModel, classifier_forward, load_tokenizer, resolve_init_kwargs
+from .modeling import classifier_forward, load_tokenizer, max_positions, resolve_init_kwargs, unwrap_peft
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(prompt_ids, prompt_mask, completion_ids, completion_mask) -> (B,)`` logits (generator token ids in)."""
@@ -30,23 +30,9 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tor
 _SEQ_CLS_CLASSES = set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values())
 
 
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
-
-
-def max_positions(model: nn.Module) -> int | None:
-    """Most positions the model can embed (None: unknown / unbounded)."""
-    config = getattr(_base(model), "config", None)
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def check_single_logit(model: nn.Module, name: str) -> None:
     """A scorer must be a sequence classifier with exactly one output logit; a clear error otherwise."""
-    base = _base(model)
+    base = unwrap_peft(model)
     cls_name = type(base).__name__
     if not isinstance(base, PreTrainedModel) or (
         cls_name not in _SEQ_CLS_CLASSES and not cls_name.endswith("ForSequenceClassification")
@@ -76,7 +62,7 @@ def _zero_new_head(model: PreTrainedModel, names: list[str] | None = None) -> No
 
 def scorer_from_generator(generator: PreTrainedModel, pad_token_id: int | None, seed: int = 0) -> PreTrainedModel:
     """A one-logit sequence classifier with the generator's backbone weights (its own checkpoint) and a zero head."""
-    generator = _base(generator)
+    generator = unwrap_peft(generator)
     config = copy.deepcopy(generator.config)
     config.num_labels = 1
     config.pad_token_id = pad_token_id if pad_token_id is not None else config.pad_token_id
@@ -146,7 +132,7 @@ def load_scorer(
         raise ValueError(f"The {name} must be a model, a path/Hub id or None, got {type(scorer).__name__}.")
     check_single_logit(model, name)
     tokenizer = load_tokenizer(tokenizer, None)  # pad token + checks, as for the generator's tokenizer
-    base = _base(model)
+    base = unwrap_peft(model)
     if base.config.pad_token_id is None:
         # Decoder classifiers refuse batches without a pad id (hfcoop pools on the attention mask regardless).
         base.config.pad_token_id = tokenizer.pad_token_id

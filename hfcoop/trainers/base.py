@@ -44,10 +44,12 @@ from ..modeling import (
     load_causal_lm,
     load_module_weights,
     load_tokenizer,
+    max_positions,
     prepare_quantized,
     resolve_init_kwargs,
     save_module,
     sequence_inputs,
+    unwrap_peft,
 )
 from ..shared_base import GENERATOR_ADAPTER, AdapterCompanion, check_shared_base_peft_config
 from ..sampling import build_generation_config, generation_mode, sample_completions
@@ -752,7 +754,7 @@ def has_active_dropout(module: nn.Module) -> bool:
         return False
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules()):
         return True
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    base = unwrap_peft(module)
     config = getattr(base, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     rates = [getattr(text, k, 0) for k in ("attention_dropout", "attn_dropout", "dropout")]
@@ -772,7 +774,7 @@ def check_hub_token(token: str | None) -> None:
 
 def check_lengths(generator: PreTrainedModel, args: CooperativeConfig, data_format: str | None) -> None:
     """Prompt + completion budgets must fit the model's positions (else an index error deep in the forward)."""
-    limit = getattr(generator.config.get_text_config(), "max_position_embeddings", None)
+    limit = max_positions(generator)
     if not limit:
         return
     if args.max_prompt_length is None:
