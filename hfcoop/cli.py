@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = {"mle": "MLE", "cot": "CoT", "psi_mle": "PsiMLE", "gcn": "GCN", "genere": "Genere"}
+from .algorithms import ALGORITHMS
 
 
 @dataclass
@@ -84,15 +84,10 @@ class ScriptArguments:
 
 
 def _algorithm(name: str) -> tuple[type, type]:
-    import hfcoop
-
+    """(Config, Trainer) of a registered algorithm; a clear error for an unknown name."""
     if name not in ALGORITHMS:
         raise SystemExit(f"hfcoop: unknown algorithm '{name}'. Choose one of: {', '.join(ALGORITHMS)}.")
-    prefix = ALGORITHMS[name]
-    config_cls, trainer_cls = getattr(hfcoop, f"{prefix}Config", None), getattr(hfcoop, f"{prefix}Trainer", None)
-    if config_cls is None or trainer_cls is None:
-        raise SystemExit(f"hfcoop: algorithm '{name}' is not available in this version of hfcoop.")
-    return config_cls, trainer_cls
+    return ALGORITHMS[name].config_cls, ALGORITHMS[name].trainer_cls
 
 
 def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]:
@@ -237,7 +232,9 @@ def peft_config_from(script: ScriptArguments) -> Any:
 
 
 def companion_from(name: str, script: ScriptArguments) -> Any:
-    if name != "genere":
+    """The value of the algorithm's companion argument, from the ScriptArguments field the registry names."""
+    if ALGORITHMS[name].companion_source != "generators":  # a model (MLE takes none: ignored there)
+        check_model_reference(script.companion_name_or_path, "companion_name_or_path")
         return script.companion_name_or_path
     if not script.generators:
         raise SystemExit("hfcoop: GENERE needs `generators: module:attribute` naming a list of data generators.")
@@ -332,13 +329,12 @@ def train(argv: list[str]) -> dict[str, Any]:
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=resume is not None,
                          clear=args.should_save)  # fmt: skip
     train_ds, eval_ds = load_datasets(script)
-    companion = () if name == "mle" else (companion_from(name, script),)
-    if name != "genere":
-        check_model_reference(script.companion_name_or_path, "companion_name_or_path")
-    model = resolve_model(script, train_ds, args, companion[0] if name == "genere" else None)
+    companion = companion_from(name, script)
+    generators = companion if ALGORITHMS[name].companion_source == "generators" else None
+    model = resolve_model(script, train_ds, args, generators)
     trainer = trainer_cls(
         model,
-        *companion,
+        **ALGORITHMS[name].companion_kwargs(companion),
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,

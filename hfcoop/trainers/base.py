@@ -253,6 +253,15 @@ class CooperativeTrainer(Trainer):
     loss_is_scaled_for_ga = False
     samples_from_generator: bool = False  # True: each step samples from G (CoT, psi-MLE, GCN), so sampling settings apply
 
+    @classmethod
+    def resolve_config(cls, args: CooperativeConfig | None) -> CooperativeConfig:
+        """``args``, or the algorithm's default config when None; a config of another algorithm is refused."""
+        if args is None:
+            return cls.config_class(output_dir=f"hfcoop-{cls.algorithm}")
+        if not isinstance(args, cls.config_class):
+            raise TypeError(f"{cls.__name__} needs a {cls.config_class.__name__}, got {type(args).__name__}.")
+        return args
+
     def __init__(
         self,
         model: str | PreTrainedModel,
@@ -267,10 +276,7 @@ class CooperativeTrainer(Trainer):
         compute_metrics: Any = None,
         preprocess_logits_for_metrics: Any = None,
     ) -> None:
-        if args is None:
-            args = self.config_class(output_dir=f"hfcoop-{self.algorithm}")
-        elif not isinstance(args, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
+        args = self.resolve_config(args)
         # Cheap checks first: nothing is loaded or computed before the data and the Hub token are known good.
         if args.push_to_hub:
             check_hub_token(args.hub_token)

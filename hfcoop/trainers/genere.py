@@ -200,10 +200,7 @@ class GenereTrainer(CooperativeTrainer):
     def __init__(self, model, generators, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  peft_config=None, callbacks=None, optimizers=(None, None), compute_metrics=None,
                  preprocess_logits_for_metrics=None) -> None:  # fmt: skip
-        if args is None:
-            args = GenereConfig(output_dir=f"hfcoop-{self.algorithm}")
-        elif not isinstance(args, GenereConfig):
-            raise TypeError(f"{type(self).__name__} needs a GenereConfig, got {type(args).__name__}.")
+        args = self.resolve_config(args)  # before the generators are checked against the data
         # Cheap checks before anything is loaded: the data format, then every generator against it.
         fmt = validate_dataset(train_dataset, "train_dataset") or validate_dataset(eval_dataset, "eval_dataset")
         self.generators, self.generator_format = self._check_generators(generators, fmt, args.seed)
