@@ -2,7 +2,8 @@
 
 Everything here drives hfcoop through its public API, as a user would: build a GPT-2 with ``transformers``, save
 it, and hand the path to ``XConfig`` + ``XTrainer``. Only the bookkeeping around the runs lives here: the
-algorithms run (labels of hfcoop's registry, `hfcoop.algorithms`), timed training phases, periodic evaluation callbacks, markdown tables, the git state.
+algorithms run (labels of hfcoop's registry, ``hfcoop.algorithms``), timed training phases, periodic evaluation
+callbacks, markdown tables, the git state.
 """
 
 from __future__ import annotations

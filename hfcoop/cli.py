@@ -614,7 +614,8 @@ def generation_requests(a: Any) -> list[dict[str, str]]:
 def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 
-    from .data import pad_left, start_token_id
+    from .batching import pad_left
+    from .data import start_token_id
     from .modeling import eos_token_ids, load_causal_lm, load_tokenizer, max_positions
     from .sampling import build_generation_config, generation_mode, sample_completions
 

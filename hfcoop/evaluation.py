@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .data import detect_format, pad_left, render_conversational_dataset, start_token_id
+from .batching import pad_left
+from .data import detect_format, render_conversational_dataset, start_token_id
 from .modeling import eos_token_ids, max_positions
 from .metrics import compute_generation_metrics, reference_nll
 from .sampling import build_generation_config, generation_mode, sample_completions

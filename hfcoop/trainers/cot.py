@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..batching import concat_rows, pad_columns  # noqa: F401 (pad_columns: old import path)
 from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
 from ..distributed import copy_model
 from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
@@ -67,12 +68,6 @@ class CoTConfig(CooperativeConfig):
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
         super().__post_init__()
-
-
-def pad_columns(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads completion ids and mask to ``width`` columns."""
-    extra = width - ids.shape[1]
-    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
 
 
 class CoTTrainer(CooperativeTrainer):
@@ -140,10 +135,7 @@ class CoTTrainer(CooperativeTrainer):
         pad_id = self.processing_class.pad_token_id
 
         # Mediator: one forward over the balanced batch {s_p} ∪ {s_g} (Alg. 1, lines 4-6).
-        width = max(real_ids.shape[1], gen_len)
-        real_ids_w, real_mask_w = pad_columns(real_ids, real_mask, width, pad_id)
-        gen_ids_w, gen_mask_w = pad_columns(gen_ids, gen_mask, width, pad_id)
-        med_ids, med_mask = torch.cat([real_ids_w, gen_ids_w]), torch.cat([real_mask_w, gen_mask_w])
+        med_ids, med_mask = concat_rows([(real_ids, real_mask), (gen_ids, gen_mask)], pad_id)
         med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask)
         train_generator = self.is_generator_step()
         gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask) if train_generator else None
@@ -156,10 +148,10 @@ class CoTTrainer(CooperativeTrainer):
             gen_part["completion_mask"] = gen_mask
         gen_logits, med_logits = model(generator=gen_part, companion=med_part)
         med_logprobs = unpack_tokens(token_logprobs(med_logits, med_ids[med_mask.bool()]), med_mask)
-        loss_m = mediator_loss(med_logprobs[:batch], real_mask_w, med_logprobs[batch:], gen_mask_w)
+        loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
         self.log_metric("mediator/balanced_nll", loss_m)  # Sec. 4.1.2: the live progress indicator
-        self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * real_mask_w).sum(-1).mean())
-        self.log_metric("mediator/nll_generated", -(med_logprobs[batch:] * gen_mask_w).sum(-1).mean())
+        self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
+        self.log_metric("mediator/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
         if not train_generator:  # no generator logits this step: the table shows the samples without their KL
             self.record_completions(prompt_ids, gen_ids, gen_mask)
             return loss_m

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..batching import pad_to_common_width
 from ..cooperative_decoding import mcts_decode, resample_indices, resample_log_weights
 from ..losses import (
     GCN_SAMPLERS,
@@ -47,7 +48,6 @@ from ..losses import (
 from ..sampling import generation_mode
 from ..scorers import ScorerCompanionMixin, SequenceScorer, scorer_logits
 from .base import CooperativeConfig, CooperativeTrainer
-from .cot import pad_columns
 
 GCN_CITATION = """@inproceedings{lamprier2022gcn,
   title     = {Generative Cooperative Networks for Natural Language Generation},
@@ -232,11 +232,9 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         neg_rows = train_rows if args.sampler == "model" else torch.arange(batch, device=neg_ids.device)
 
         # D: real vs generated (step 2). Generator: q̂ samples (step 4) and, with λ > 0, the real batch (MLE).
-        pad_id = self.processing_class.pad_token_id
-        width = max(real_ids.shape[1], neg_ids.shape[1], train_ids.shape[1])
-        real_ids, real_mask = pad_columns(real_ids, real_mask, width, pad_id)
-        neg_ids, neg_mask = pad_columns(neg_ids, neg_mask, width, pad_id)
-        train_ids, train_mask = pad_columns(train_ids, train_mask, width, pad_id)
+        (real_ids, real_mask), (neg_ids, neg_mask), (train_ids, train_mask) = pad_to_common_width(
+            [(real_ids, real_mask), (neg_ids, neg_mask), (train_ids, train_mask)], self.processing_class.pad_token_id
+        )
         d_rows = torch.cat([torch.arange(batch, device=neg_rows.device), neg_rows])
         d_part = self.companion_inputs(
             prompt_ids[d_rows], prompt_mask[d_rows], torch.cat([real_ids, neg_ids]), torch.cat([real_mask, neg_mask])
