@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..batching import concat_rows, pad_columns  # noqa: F401 (pad_columns: old import path)
-from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
+from ..losses import cot_generator_loss, masked_token_mean, mediator_loss, per_token_kl, token_logprobs
 from ..distributed import copy_model
 from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
 from ..shared_base import add_companion_adapter
@@ -172,7 +172,7 @@ class CoTTrainer(CooperativeTrainer):
             gen_logprobs = unpack_tokens(token_logprobs(gen_logits, gen_ids[gen_mask.bool()]), gen_mask)
         loss_g = cot_generator_loss(kl, gen_mask, gen_logprobs, self.args.gamma)
         self.log_metric("cot/generator_loss", loss_g)
-        self.log_metric("cot/kl_per_token", (kl.detach() * gen_mask).sum() / gen_mask.sum().clamp(min=1))
+        self.log_metric("cot/kl_per_token", masked_token_mean(kl.detach(), gen_mask))
         kl_per_sample = (kl.detach() * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
         self.record_completions(prompt_ids, gen_ids, gen_mask, kl_per_token=kl_per_sample)
         return loss_m + loss_g

@@ -75,6 +75,7 @@ from ..losses import (
     genere_gamma_update,
     genere_mixture_proportions,
     genere_sampling_probs,
+    masked_token_mean,
     mle_loss,
     token_logprobs,
 )
@@ -388,7 +389,7 @@ class GenereTrainer(CooperativeTrainer):
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         logits, _ = model(generator=self.lm_inputs(prompt_ids, prompt_mask, ids, mask))
         logprobs = token_logprobs(logits, ids)
-        self.log_metric("genere/nll_per_token", -(logprobs * mask).sum() / mask.sum().clamp(min=1))
+        self.log_metric("genere/nll_per_token", -masked_token_mean(logprobs, mask))
         loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
         if active:
             row_logprobs = (logprobs.detach() * mask).sum(-1).to("cpu", torch.float64)

@@ -29,6 +29,7 @@ from ..losses import (
     density_ratio_loss,
     effective_sample_size,
     importance_weights,
+    in_token_sum_units,
     mixture_to_data_log_ratio,
     token_logprobs,
     weighted_nll_loss,
@@ -192,8 +193,7 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         self.log_metric("psi_mle/ratio_mean_generated", ratio[batch:].mean())
         self.log_metric("psi_mle/ratio_max", ratio.max())
         self.record_completions(prompt_ids, gen_ids, gen_mask, r=ratio[batch:])
-        # The Bregman objective is per sequence; base divides by the completion budget (token sums -> per token).
-        loss_r = args.max_completion_length * loss_r
+        loss_r = in_token_sum_units(loss_r, args.max_completion_length)  # per sequence already (losses.py)
         if not train_generator:
             return loss_r
 
