@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
+from .batching import pad_right
 from .data import start_token_id
 from .distributed import full_shape, gathered, load_whole_state_dict, whole_state_dict
 from .modeling import classifier_forward, load_tokenizer, max_positions, resolve_init_kwargs, unwrap_peft
@@ -110,21 +111,7 @@ def load_scorer(
         model: nn.Module = scorer_from_generator(generator, generator_tokenizer.pad_token_id, seed)
         tokenizer = tokenizer or generator_tokenizer
     elif isinstance(scorer, str):
-        kwargs = resolve_init_kwargs(init_kwargs, trust_remote_code=trust_remote_code, name="companion_init_kwargs")
-        trust_remote_code, revision = kwargs["trust_remote_code"], kwargs.get("revision")
-        config = AutoConfig.from_pretrained(scorer, trust_remote_code=trust_remote_code, revision=revision)
-        is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-        if is_classifier:
-            model = AutoModelForSequenceClassification.from_pretrained(scorer, **kwargs)
-        else:  # e.g. a causal LM: same backbone, new one-logit head (zeroed, see _zero_new_head)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model, info = AutoModelForSequenceClassification.from_pretrained(
-                    scorer, num_labels=1, output_loading_info=True, **kwargs
-                )
-            _zero_new_head(model, list(info["missing_keys"]))
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(scorer, trust_remote_code=trust_remote_code, revision=revision)
+        model, tokenizer = _scorer_from_path(scorer, tokenizer, init_kwargs, trust_remote_code, seed)
     elif isinstance(scorer, nn.Module):
         model = scorer
         tokenizer = tokenizer or generator_tokenizer
@@ -132,6 +119,34 @@ def load_scorer(
         raise ValueError(f"The {name} must be a model, a path/Hub id or None, got {type(scorer).__name__}.")
     check_single_logit(model, name)
     tokenizer = load_tokenizer(tokenizer, None)  # pad token + checks, as for the generator's tokenizer
+    _check_scorer_fits(model, tokenizer, name, max_completion_length)
+    return model, tokenizer
+
+
+def _scorer_from_path(
+    path: str, tokenizer: Any, init_kwargs: dict[str, Any] | str | None, trust_remote_code: bool, seed: int
+) -> tuple[nn.Module, Any]:
+    """A saved one-logit classifier, or a causal-LM checkpoint with a new zeroed one-logit head, and its tokenizer
+    (the checkpoint's own unless one is given)."""
+    kwargs = resolve_init_kwargs(init_kwargs, trust_remote_code=trust_remote_code, name="companion_init_kwargs")
+    trust_remote_code, revision = kwargs["trust_remote_code"], kwargs.get("revision")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    else:  # e.g. a causal LM: same backbone, new one-logit head (zeroed, see _zero_new_head)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, output_loading_info=True, **kwargs
+            )
+        _zero_new_head(model, list(info["missing_keys"]))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    return model, tokenizer
+
+
+def _check_scorer_fits(model: nn.Module, tokenizer: Any, name: str, max_completion_length: int | None) -> None:
+    """The scorer's pad id is set, and its embeddings cover its tokenizer and a completion plus a prompt token."""
     base = unwrap_peft(model)
     if base.config.pad_token_id is None:
         # Decoder classifiers refuse batches without a pad id (hfcoop pools on the attention mask regardless).
@@ -148,7 +163,6 @@ def load_scorer(
             f"The {name} embeds at most {positions} positions, fewer than a completion of max_completion_length="
             f"{max_completion_length} plus one prompt token: lower max_completion_length or use a longer {name}."
         )
-    return model, tokenizer
 
 
 def same_vocabulary(a: Any, b: Any) -> bool:
@@ -215,16 +229,7 @@ class ScorerInputs:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Keep each row's last max_length tokens, still right-padded.
         rows = [ids[i, max(0, int(n) - self.max_length) : int(n)].tolist() for i, n in enumerate(lengths)]
-        return self._pad_right(rows, ids.device)
-
-    def _pad_right(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(max(len(r) for r in rows), 1)
-        ids = torch.full((len(rows), width), self.scorer_tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        return ids.to(device), mask.to(device)
+        return pad_right(rows, self.scorer_tokenizer.pad_token_id, ids.device, min_width=1)
 
     def _retokenize(
         self,
@@ -246,7 +251,7 @@ class ScorerInputs:
             ids = ids + tok(completion_text, add_special_tokens=False)["input_ids"]
             ids = ids + ([tok.eos_token_id] if ended else [])
             rows.append(ids[-self.max_length :] if self.max_length else ids)
-        ids, mask = self._pad_right(rows, prompt_ids.device)
+        ids, mask = pad_right(rows, self.scorer_tokenizer.pad_token_id, prompt_ids.device, min_width=1)
         return {"input_ids": ids, "attention_mask": mask}
 
 

@@ -35,7 +35,7 @@ from ..guards import (
     quarantine_checkpoint,
     resolve_resume,
 )
-from ..losses import token_logprobs
+from ..losses import masked_token_mean, scale_to_token_budget, token_logprobs
 from ..model_card import write_model_card
 from ..modeling import (
     CooperativePair,
@@ -285,48 +285,9 @@ class CooperativeTrainer(Trainer):
         train_format = validate_dataset(train_dataset, "train_dataset")
         eval_format = validate_dataset(eval_dataset, "eval_dataset")
         self.data_format = train_format or eval_format
-        model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
-        self.base_model_id = model_id
-        init_kwargs = args.resolved_model_init_kwargs
-        tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
-                                   trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
-        if "conversational" in (train_format, eval_format):
-            check_chat_template(tokenizer)
-        if not isinstance(model, str) and args.model_init_kwargs:
-            warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
-        elif peft_config is None and "quantization_config" in init_kwargs:
-            raise ValueError(
-                "model_init_kwargs has a quantization_config but no peft_config was given: quantized weights cannot "
-                "be trained. Pass a LoraConfig (`use_peft: true` on the command line) for QLoRA."
-            )
-        generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
-        if peft_config is None and is_quantized(generator):
-            raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
-        # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
-        self.eos_token_ids = eos_token_ids(tokenizer, generator)
-        check_lengths(generator, args, self.data_format)
-        if args.shared_base:
-            generator, companion_module = self._shared_base_pair(companion, generator, tokenizer, peft_config, args)
-        else:
-            companion_module = self.build_companion(companion, generator, tokenizer, args)
-        if peft_config is not None and not args.shared_base:
-            from peft import get_peft_model
-
-            generator = get_peft_model(prepare_quantized(generator), peft_config)
-            if args.companion_peft and isinstance(companion_module, PreTrainedModel):
-                companion_config = copy.deepcopy(peft_config)
-                if not hasattr(companion_module, "generate"):  # a scorer: peft then also trains its new head
-                    companion_config.task_type = "SEQ_CLS"
-                companion_module = get_peft_model(prepare_quantized(companion_module), companion_config)
-        if companion_module is not None and is_quantized(companion_module) and not args.companion_peft:
-            raise ValueError(
-                f"The {self.companion_name} is quantized (companion_init_kwargs / the generator's model_init_kwargs "
-                "hold a quantization_config) but has no adapters to train: set `companion_peft: true` (with a "
-                "peft_config), or load it "
-                "unquantized with `companion_init_kwargs: {}`."
-            )
-        self.check_pair(generator, companion_module, tokenizer)
-        pair = CooperativePair(generator, companion_module)
+        generator, tokenizer = self._load_generator(model, processing_class, peft_config, args,
+                                                    "conversational" in (train_format, eval_format))  # fmt: skip
+        pair = self._build_pair(companion, generator, tokenizer, peft_config, args)
 
         def prepare(dataset: Any, fmt: Any) -> Any:
             if dataset is None:
@@ -354,6 +315,60 @@ class CooperativeTrainer(Trainer):
         )
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._checkpointing = False  # True while save_model writes a resumable checkpoint
+
+    def _load_generator(
+        self, model: Any, processing_class: Any, peft_config: Any, args: CooperativeConfig, conversational: bool
+    ) -> tuple[PreTrainedModel, Any]:
+        """(generator, tokenizer), checked: chat template, quantization only with adapters, lengths; sets
+        ``base_model_id`` and ``eos_token_ids``."""
+        model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+        self.base_model_id = model_id
+        init_kwargs = args.resolved_model_init_kwargs
+        tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
+                                   trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
+        if conversational:
+            check_chat_template(tokenizer)
+        if not isinstance(model, str) and args.model_init_kwargs:
+            warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
+        elif peft_config is None and "quantization_config" in init_kwargs:
+            raise ValueError(
+                "model_init_kwargs has a quantization_config but no peft_config was given: quantized weights cannot "
+                "be trained. Pass a LoraConfig (`use_peft: true` on the command line) for QLoRA."
+            )
+        generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
+        if peft_config is None and is_quantized(generator):
+            raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
+        # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
+        self.eos_token_ids = eos_token_ids(tokenizer, generator)
+        check_lengths(generator, args, self.data_format)
+        return generator, tokenizer
+
+    def _build_pair(
+        self, companion: Any, generator: PreTrainedModel, tokenizer: Any, peft_config: Any, args: CooperativeConfig
+    ) -> CooperativePair:
+        """The generator and its companion (built, adapted with PEFT where asked, checked) in one module."""
+        if args.shared_base:
+            generator, companion_module = self._shared_base_pair(companion, generator, tokenizer, peft_config, args)
+        else:
+            companion_module = self.build_companion(companion, generator, tokenizer, args)
+        if peft_config is not None and not args.shared_base:
+            from peft import get_peft_model
+
+            generator = get_peft_model(prepare_quantized(generator), peft_config)
+            if args.companion_peft and isinstance(companion_module, PreTrainedModel):
+                companion_config = copy.deepcopy(peft_config)
+                if not hasattr(companion_module, "generate"):  # a scorer: peft then also trains its new head
+                    companion_config.task_type = "SEQ_CLS"
+                companion_module = get_peft_model(prepare_quantized(companion_module), companion_config)
+        if companion_module is not None and is_quantized(companion_module) and not args.companion_peft:
+            raise ValueError(
+                f"The {self.companion_name} is quantized (companion_init_kwargs / the generator's model_init_kwargs "
+                "hold a quantization_config) but has no adapters to train: set `companion_peft: true` (with a "
+                "peft_config), or load it "
+                "unquantized with `companion_init_kwargs: {}`."
+            )
+        self.check_pair(generator, companion_module, tokenizer)
+        return CooperativePair(generator, companion_module)
 
     # ----------------------------------------------------------------- hooks for the algorithms
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module | None:
@@ -469,9 +484,7 @@ class CooperativeTrainer(Trainer):
             prompt_ids = inputs["prompt_input_ids"][:n]
             ids, mask = self.sample(prompt_ids, inputs["prompt_attention_mask"][:n])
             self.record_completions(prompt_ids, ids, mask)
-        # Per-sequence sums divided by the completion budget: a per-token scale that stays exact under
-        # gradient accumulation and DDP (a constant, unlike the batch's token count).
-        return loss / self.args.max_completion_length
+        return scale_to_token_budget(loss, self.args.max_completion_length)  # the one normalisation (losses.py)
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool, ignore_keys: Any = None
@@ -488,7 +501,7 @@ class CooperativeTrainer(Trainer):
             logits, _ = model(
                 generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask)
             )
-            nll = -(token_logprobs(logits, ids) * mask).sum() / mask.sum().clamp(min=1)
+            nll = -masked_token_mean(token_logprobs(logits, ids), mask)
         if prediction_loss_only:
             return nll.detach(), None, None
         return nll.detach(), logits.detach(), ids.masked_fill(mask == 0, -100)
