@@ -307,6 +307,29 @@ def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
     return "\n".join(parts)
 
 
+def build_trainer(name: str, script: ScriptArguments, args: Any, train_ds: Any, eval_ds: Any) -> Any:
+    """The algorithm's trainer on the loaded data, its companion argument filled as the registry says, with the
+    data sets' names for the model card."""
+    algorithm = ALGORITHMS[name]
+    companion = companion_from(name, script)
+    generators = companion if algorithm.companion_source == "generators" else None
+    model = resolve_model(script, train_ds, args, generators)
+    trainer = algorithm.trainer_cls(
+        model,
+        **algorithm.companion_kwargs(companion),
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        peft_config=peft_config_from(script),
+    )
+    trainer.dataset_names = [script.dataset_name]
+    if script.eval_dataset_name:
+        trainer.eval_dataset_names = [script.eval_dataset_name]
+    elif script.dataset_eval_split:
+        trainer.eval_dataset_names = [f"{script.dataset_name} ({script.dataset_eval_split} split)"]
+    return trainer
+
+
 def train(argv: list[str]) -> dict[str, Any]:
     if not argv or argv[0].startswith("-"):
         raise SystemExit(f"usage: hfcoop train <{'|'.join(ALGORITHMS)}> --config recipe.yaml [--flag value ...]\n"
@@ -329,22 +352,7 @@ def train(argv: list[str]) -> dict[str, Any]:
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=resume is not None,
                          clear=args.should_save)  # fmt: skip
     train_ds, eval_ds = load_datasets(script)
-    companion = companion_from(name, script)
-    generators = companion if ALGORITHMS[name].companion_source == "generators" else None
-    model = resolve_model(script, train_ds, args, generators)
-    trainer = trainer_cls(
-        model,
-        **ALGORITHMS[name].companion_kwargs(companion),
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        peft_config=peft_config_from(script),
-    )
-    trainer.dataset_names = [script.dataset_name]
-    if script.eval_dataset_name:
-        trainer.eval_dataset_names = [script.eval_dataset_name]
-    elif script.dataset_eval_split:
-        trainer.eval_dataset_names = [f"{script.dataset_name} ({script.dataset_eval_split} split)"]
+    trainer = build_trainer(name, script, args, train_ds, eval_ds)
     trainer.launch_command = redact_command(["hfcoop", "train", name, *argv], [args.hub_token])
     if script.dry_run:
         batch = next(iter(trainer.get_train_dataloader()))

@@ -38,3 +38,13 @@ def test_readme_names_every_algorithm():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
     assert f"hfcoop train <{'|'.join(ALGORITHMS)}>" in readme  # the usage line lists the registry, in its order
+
+
+def test_old_task_module_path_still_resolves():
+    """Recipes name `generators: hfcoop.genere_tasks:EQUATION_GENERATORS`; the task moved to hfcoop/tasks/."""
+    import importlib
+
+    from hfcoop.tasks import text_to_equation
+
+    old = importlib.import_module("hfcoop.genere_tasks")
+    assert old is text_to_equation and old.EQUATION_GENERATORS is text_to_equation.EQUATION_GENERATORS

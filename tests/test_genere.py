@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from hfcoop import GenereConfig, GenereTrainer, MLEConfig, MLETrainer
-from hfcoop.genere_tasks import (
+from hfcoop.tasks.text_to_equation import (
     EQUATION_GENERATORS,
     MATCHING_GENERATOR,
     build_equation_model,
