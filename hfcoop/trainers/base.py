@@ -95,7 +95,7 @@ class CooperativeConfig(TrainingArguments):
         metadata={
             "help": "Optimizer steps at the start in which only the companion learns (generator frozen). The companion "
             "starts uninformative (CoT mediator = G, ratio r = 1, D = 1/2), so early generator steps get no signal "
-            "(CoT) or only noise (ψ-MLE, GCN). No gain measured at the oracle benchmark's quick budget (benchmarks/README)."
+            "(CoT) or only noise (ψ-MLE, GCN). Measured: benchmarks/README.md."
         },
     )
     save_companion: bool = field(

@@ -71,8 +71,8 @@ class CoTConfig(CooperativeConfig):
 
 
 class CoTTrainer(CooperativeTrainer):
-    """``CoTTrainer(model, mediator=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-    peft_config=None, callbacks=None)``.
+    """Cooperative Training: a generator and its mediator (the signature is ``__init__``'s; ``hfcoop.algorithms``
+    lists every trainer's companion argument).
 
     ``model`` and ``mediator`` are models or paths/Hub ids; ``mediator=None`` starts the mediator as a copy of
     the generator. Both must share the generator's vocabulary.
@@ -80,8 +80,7 @@ class CoTTrainer(CooperativeTrainer):
     Give an already trained generator a *stronger* mediator (CoT App.: "the mediator needs to be slightly
     stronger than the generator"), e.g. a larger model of the same family. A copy of a trained G sits near a fixed
     point: the best same-capacity fit of (p_data + G)/2 is about G, so KL(G‖M) — the generator's only signal —
-    stays near 0 (oracle benchmark: 0.002 nat/token, no gain over MLE; with a 2x-wide mediator 0.027 and a win
-    over MLE). Watch ``cot/kl_per_token``.
+    stays near 0 (measured on the oracle benchmark, see benchmarks/README.md). Watch ``cot/kl_per_token``.
     """
 
     config_class = CoTConfig
@@ -142,7 +141,7 @@ class CoTTrainer(CooperativeTrainer):
 
         # Packed logits: only the masked-in tokens go through the LM heads and the full-vocabulary losses ((N, V)
         # rows, row-major); per-token values are scattered back with zeros where the mask is 0, positions the
-        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (speed, issue 2).
+        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (speed: benchmarks/README.md).
         med_part["completion_mask"] = med_mask
         if gen_part is not None:
             gen_part["completion_mask"] = gen_mask

@@ -137,8 +137,7 @@ class GCNConfig(CooperativeConfig):
 
 
 class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
-    """``GCNTrainer(model, discriminator=None, args=None, train_dataset=None, eval_dataset=None,
-    processing_class=None, peft_config=None, callbacks=None)``.
+    """Generative Cooperative Networks: weighted MLE on proposals scored by a discriminator (signature: ``__init__``).
 
     ``discriminator``: a single-logit ``AutoModelForSequenceClassification`` or its path/Hub id
     (``D = sigmoid(logit)``, scoring the completion given the prompt); None builds it from the generator's own

@@ -210,8 +210,8 @@ _REQUIRED_KEYS = {"text": ("text",), "prompt_completion": ("prompt", "completion
 
 
 class GenereTrainer(CooperativeTrainer):
-    """``GenereTrainer(model, generators, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-    peft_config=None, callbacks=None)``.
+    """GENERE (black-box variant): MLE on real rows mixed with rows of a learned mixture of data generators
+    (signature: ``__init__``).
 
     ``generators`` is a list of K black-box callables ``generator(rng: random.Random) -> row``, where ``row`` is a
     dict in the dataset's format (``{"text": str}``, ``{"prompt": str, "completion": str}``, or for conversational

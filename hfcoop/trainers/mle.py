@@ -21,7 +21,8 @@ class MLEConfig(CooperativeConfig):
 
 
 class MLETrainer(CooperativeTrainer):
-    """``MLETrainer(model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, peft_config=None)``."""
+    """Maximum likelihood on the real completions: the baseline every cooperative trainer is compared with
+    (signature: ``__init__``; no companion)."""
 
     config_class = MLEConfig
     algorithm = "mle"
@@ -37,7 +38,7 @@ class MLETrainer(CooperativeTrainer):
         ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
         part = self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask)
         # Packed logits of the real tokens only (padding skips the LM head); zeros at masked positions, which the
-        # loss multiplies by 0 anyway: same values, less work (speed, issue 2).
+        # loss multiplies by 0 anyway: same values, less work (speed: benchmarks/README.md).
         part["completion_mask"] = mask
         logits, _ = model(generator=part)
         logprobs = unpack_tokens(token_logprobs(logits, ids[mask.bool()]), mask)

@@ -130,8 +130,7 @@ def check_finite_log_ratios(log_ratio: torch.Tensor, what: str = "ratio model") 
 
 
 class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
-    """``PsiMLETrainer(model, ratio_model=None, args=None, train_dataset=None, eval_dataset=None,
-    processing_class=None, peft_config=None, callbacks=None)``.
+    """ψ-MLE: MLE on the data/model mixture, bias-corrected by a learned density ratio (signature: ``__init__``).
 
     ``ratio_model``: a single-logit ``AutoModelForSequenceClassification`` or its path/Hub id (its logit is
     ``log r_ψ``); None builds it from the generator's own weights with a zero head (``r ≡ 1`` at the start, so
