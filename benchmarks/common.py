@@ -238,7 +238,8 @@ def count_parameters(module: torch.nn.Module | None) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
-LOG_PREFIXES = {"MLE": ("mle/",), "CoT": ("cot/", "mediator/"), "ψ-MLE": ("psi_mle/",), "GCN": ("gcn/",)}
+LOG_PREFIXES = {"MLE": ("mle/", "samples/"), "CoT": ("cot/", "mediator/", "samples/"), "ψ-MLE": ("psi_mle/", "samples/"),
+                "GCN": ("gcn/", "samples/")}
 
 
 def last_logged(trainer: Any, name: str) -> dict[str, float]:

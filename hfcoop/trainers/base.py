@@ -451,9 +451,9 @@ class CooperativeTrainer(Trainer):
             torch.manual_seed(self._sampling_seed())
             with generation_mode(generator, self.accelerator, self.model_wrapped) as g:
                 ids, mask = sample_completions(g, prompt_ids, prompt_mask, self.generation_config, num_return_sequences)
-        self.log_metric(f"{self.algorithm}/completion_length", mask.sum(1).float().mean())
+        self.log_metric("samples/completion_length", mask.sum(1).float().mean())
         eos = torch.tensor(self.eos_token_ids, device=ids.device)
-        self.log_metric(f"{self.algorithm}/eos_rate", torch.isin(ids, eos).any(1).float().mean())
+        self.log_metric("samples/eos_rate", torch.isin(ids, eos).any(1).float().mean())
         return ids, mask
 
     def _sampling_seed(self) -> int:

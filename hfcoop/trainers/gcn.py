@@ -211,7 +211,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 top_k=args.mcts_top_k, c_puct=args.c_puct, temperature=args.temperature,
                 visit_temperature=args.mcts_visit_temperature, filter_top_k=args.top_k, top_p=args.top_p,
             )  # fmt: skip
-        self.log_metric("gcn/mcts_completion_length", mask.sum(1).float().mean())
+        self.log_metric("samples/mcts_completion_length", mask.sum(1).float().mean())
         return neg_ids, neg_mask, ids, mask, rows
 
     # ----------------------------------------------------------------- one step
