@@ -12,7 +12,7 @@ import glob
 import inspect
 import json
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from safetensors.torch import load_file
@@ -372,6 +372,20 @@ def _rows(inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torc
     return {k: v[keep] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
 
 
+class PairInput(TypedDict, total=False):
+    """One model's part of a :class:`CooperativePair` forward (a plain dict at run time, so DDP, DeepSpeed and
+    FSDP pass it through untouched).
+
+    ``inputs``: the model's forward kwargs. ``completion_length``: a causal LM returns the logits that predict the
+    last ``completion_length`` positions; absent for a one-logit scorer. ``completion_mask``: with it, an LM
+    returns only the masked-in tokens' logits, packed ``(N, V)``.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    completion_length: int
+    completion_mask: torch.Tensor
+
+
 class CooperativePair(nn.Module):
     """Generator + companion as one module; ``forward`` runs whichever of the two is given inputs.
 
@@ -401,8 +415,8 @@ class CooperativePair(nn.Module):
 
     def forward(
         self,
-        generator: dict[str, Any] | None = None,
-        companion: dict[str, Any] | None = None,
+        generator: PairInput | None = None,
+        companion: PairInput | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         gen_out = comp_out = None
         if generator is not None:

@@ -23,7 +23,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 from .batching import pad_right
 from .data import start_token_id
 from .distributed import full_shape, gathered, load_whole_state_dict, whole_state_dict
-from .modeling import classifier_forward, load_tokenizer, max_positions, resolve_init_kwargs, unwrap_peft
+from .modeling import PairInput, classifier_forward, load_tokenizer, max_positions, resolve_init_kwargs, unwrap_peft
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(prompt_ids, prompt_mask, completion_ids, completion_mask) -> (B,)`` logits (generator token ids in)."""
@@ -331,9 +331,9 @@ class ScorerCompanionMixin:
         prompt_mask: torch.Tensor,
         completion_ids: torch.Tensor,
         completion_mask: torch.Tensor,
-    ) -> dict[str, Any]:
+    ) -> PairInput:
         """Pair-forward arguments that return the scorer's ``(B, 1)`` logits."""
-        return {"inputs": self.scorer_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)}
+        return PairInput(inputs=self.scorer_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask))
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super()._save(output_dir, state_dict)  # type: ignore[misc]

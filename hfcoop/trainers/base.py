@@ -39,6 +39,7 @@ from ..losses import masked_token_mean, scale_to_token_budget, token_logprobs
 from ..model_card import write_model_card
 from ..modeling import (
     CooperativePair,
+    PairInput,
     eos_token_ids,
     is_quantized,
     load_causal_lm,
@@ -466,13 +467,21 @@ class CooperativeTrainer(Trainer):
 
     @staticmethod
     def lm_inputs(
-        prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
-    ) -> dict[str, Any]:
-        """Pair-forward arguments that return completion logits of a causal LM."""
-        return {
-            "inputs": sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask),
-            "completion_length": completion_ids.shape[1],
-        }
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        packed: bool = False,
+    ) -> PairInput:
+        """Pair-forward arguments that return completion logits of a causal LM, ``(B, C, V)``, or with ``packed``
+        only the masked-in tokens' logits, ``(N, V)`` (padding skips the LM head)."""
+        part = PairInput(
+            inputs=sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask),
+            completion_length=completion_ids.shape[1],
+        )
+        if packed:
+            part["completion_mask"] = completion_mask
+        return part
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None

@@ -135,16 +135,12 @@ class CoTTrainer(CooperativeTrainer):
 
         # Mediator: one forward over the balanced batch {s_p} ∪ {s_g} (Alg. 1, lines 4-6).
         med_ids, med_mask = concat_rows([(real_ids, real_mask), (gen_ids, gen_mask)], pad_id)
-        med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask)
-        train_generator = self.is_generator_step()
-        gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask) if train_generator else None
-
         # Packed logits: only the masked-in tokens go through the LM heads and the full-vocabulary losses ((N, V)
         # rows, row-major); per-token values are scattered back with zeros where the mask is 0, positions the
-        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (speed: benchmarks/README.md).
-        med_part["completion_mask"] = med_mask
-        if gen_part is not None:
-            gen_part["completion_mask"] = gen_mask
+        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (benchmarks/README.md).
+        med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask, packed=True)
+        train_generator = self.is_generator_step()
+        gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask, packed=True) if train_generator else None
         gen_logits, med_logits = model(generator=gen_part, companion=med_part)
         med_logprobs = unpack_tokens(token_logprobs(med_logits, med_ids[med_mask.bool()]), med_mask)
         loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
