@@ -2,7 +2,8 @@
 
 Everything here drives hfcoop through its public API, as a user would: build a GPT-2 with ``transformers``, save
 it, and hand the path to ``XConfig`` + ``XTrainer``. Only the bookkeeping around the runs lives here: the
-trainers table, timed training phases, periodic evaluation callbacks, markdown tables, the git state.
+algorithms run (labels of hfcoop's registry, ``hfcoop.algorithms``), timed training phases, periodic evaluation
+callbacks, markdown tables, the git state.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from transformers import TrainerCallback
 
+from hfcoop.algorithms import by_label
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
-ALGORITHMS = ("MLE", "CoT", "ψ-MLE", "GCN")
+ALGORITHMS = tuple(by_label(label).label for label in ("MLE", "CoT", "ψ-MLE", "GCN"))  # the ones these benchmarks run
 
 
 def setup(threads: int, device: str) -> None:
@@ -154,16 +157,9 @@ def pretrain(
 
 
 def trainer_classes(name: str) -> tuple[type, type]:
-    """(Config, Trainer) of an algorithm of :data:`ALGORITHMS` (or "CoT (scratch)" etc.)."""
-    from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, MLEConfig, MLETrainer, PsiMLEConfig, PsiMLETrainer
-
-    base = name.split(" ")[0]
-    return {
-        "MLE": (MLEConfig, MLETrainer),
-        "CoT": (CoTConfig, CoTTrainer),
-        "ψ-MLE": (PsiMLEConfig, PsiMLETrainer),
-        "GCN": (GCNConfig, GCNTrainer),
-    }[base]
+    """(Config, Trainer) of an algorithm of :data:`ALGORITHMS` (or "CoT (scratch)" etc.), from hfcoop's registry."""
+    algorithm = by_label(name)
+    return algorithm.config_cls, algorithm.trainer_cls
 
 
 def make_config(name: str, shared: dict[str, Any], algorithm: dict[str, dict[str, Any]]) -> Any:
@@ -219,15 +215,13 @@ def train(
     callbacks: list[TrainerCallback] | None = None,
     companion: Any = None,
 ) -> tuple[Any, float]:
-    """Builds ``XTrainer(model_path, [companion,] args=config, train_dataset=...)``, trains it, returns
-    (trainer, training seconds excluding the callbacks' evaluation time)."""
+    """Builds ``XTrainer(model_path, <companion argument>=companion, args=config, train_dataset=...)``, trains it,
+    returns (trainer, training seconds excluding the callbacks' evaluation time)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    _, trainer_cls = trainer_classes(name)
-    if name.split(" ")[0] == "MLE":
-        trainer = trainer_cls(model_path, args=config, train_dataset=train_dataset, callbacks=callbacks)
-    else:
-        trainer = trainer_cls(model_path, companion, args=config, train_dataset=train_dataset, callbacks=callbacks)
+    algorithm = by_label(name)
+    trainer = algorithm.trainer_cls(model_path, **algorithm.companion_kwargs(companion), args=config,
+                                    train_dataset=train_dataset, callbacks=callbacks)  # fmt: skip
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     start = time.perf_counter()
@@ -244,7 +238,8 @@ def count_parameters(module: torch.nn.Module | None) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
-LOG_PREFIXES = {"MLE": ("mle/",), "CoT": ("cot/", "mediator/"), "ψ-MLE": ("psi_mle/",), "GCN": ("gcn/",)}
+LOG_PREFIXES = {"MLE": ("mle/", "samples/"), "CoT": ("cot/", "mediator/", "samples/"), "ψ-MLE": ("psi_mle/", "samples/"),
+                "GCN": ("gcn/", "samples/")}
 
 
 def last_logged(trainer: Any, name: str) -> dict[str, float]:

@@ -5,7 +5,7 @@ mix (``--fractions``; λ = (1 - f) / f, f = 0 is generated rows only), three est
 for the same number of steps:
 
 - **MLE**: real data only (f = 1; GENERE with λ = 0 is exactly this).
-- **GENERE**: real rows mixed with rows from the 5 base generators of ``hfcoop.genere_tasks`` (1 matching,
+- **GENERE**: real rows mixed with rows from the 5 base generators of ``hfcoop.tasks.text_to_equation`` (1 matching,
   4 distractors), the mixture γ learned by Algorithm 2 (black-box variant).
 - **uniform mixture**: the same mix with γ frozen at 0 (η_γ = 0), i.e. every generator equally often: the
   paper's "hybrid" baseline of Table 5, which isolates what learning γ buys.
@@ -39,14 +39,14 @@ def run_one(model: str, n_real: int, fraction: float, learn_gamma: bool, seed: i
     from transformers.trainer_callback import PrinterCallback
 
     from hfcoop import GenereConfig, GenereTrainer
-    from hfcoop.genere_tasks import EQUATION_GENERATORS, MATCHING_GENERATOR, equation_dataset
+    from hfcoop.tasks.text_to_equation import EQUATION_GENERATORS, MATCHING_GENERATOR, equation_dataset
 
     weight = math.inf if fraction == 0 else (1.0 - fraction) / fraction
     with tempfile.TemporaryDirectory() as out:
         args = GenereConfig(
             output_dir=out, max_steps=a.steps, per_device_train_batch_size=a.batch_size, learning_rate=a.lr,
             lr_scheduler_type="constant", max_prompt_length=32, max_completion_length=16, generative_weight=weight,
-            generator_learning_rate=a.eta if learn_gamma else 0.0, mle_warmup_steps=a.warmup, save_strategy="no",
+            mixture_learning_rate=a.eta if learn_gamma else 0.0, mle_warmup_steps=a.warmup, save_strategy="no",
             logging_steps=a.steps, report_to="none", use_cpu=True, disable_tqdm=True, seed=seed,
             per_device_eval_batch_size=128, likelihood_normalization="sum", mixture_shrinkage=1.0,  # as measured
         )  # fmt: skip
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=50, help="MLE warm-up steps (mle_warmup_steps)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--eta", type=float, default=0.05, help="generator_learning_rate η_γ")
+    parser.add_argument("--eta", type=float, default=0.05, help="mixture_learning_rate η_γ")
     parser.add_argument("--test-size", type=int, default=512)
     parser.add_argument("--n-embd", type=int, default=128, help="width of the tiny GPT-2")
     parser.add_argument("--n-head", type=int, default=4)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import logging as hf_logging
 
-    from hfcoop.genere_tasks import build_equation_model
+    from hfcoop.tasks.text_to_equation import build_equation_model
 
     torch.set_num_threads(1)
     hf_logging.set_verbosity_error()

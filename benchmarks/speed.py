@@ -455,8 +455,7 @@ def worker(name: str, args: argparse.Namespace, assets: dict, conn) -> None:
             self.cpu_times.append(time.process_time() - self.c0)
             metrics = self.trainer._metrics["train"] if self.trainer is not None else {}
             for key, values in metrics.items():
-                plain = key.endswith("/completion_length") and "mcts" not in key
-                if values and (plain or key == "completions/mean_length"):
+                if values and key in ("samples/completion_length", "completions/mean_length"):
                     self.sampled.append(float(values[-1]))
             if len(self.times) in self.pauses:
                 conn.send(("paused", len(self.times)))

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS = {"mle": "MLE", "cot": "CoT", "psi_mle": "PsiMLE", "gcn": "GCN", "genere": "Genere"}
+from .algorithms import ALGORITHMS
 
 
 @dataclass
@@ -84,15 +84,10 @@ class ScriptArguments:
 
 
 def _algorithm(name: str) -> tuple[type, type]:
-    import hfcoop
-
+    """(Config, Trainer) of a registered algorithm; a clear error for an unknown name."""
     if name not in ALGORITHMS:
         raise SystemExit(f"hfcoop: unknown algorithm '{name}'. Choose one of: {', '.join(ALGORITHMS)}.")
-    prefix = ALGORITHMS[name]
-    config_cls, trainer_cls = getattr(hfcoop, f"{prefix}Config", None), getattr(hfcoop, f"{prefix}Trainer", None)
-    if config_cls is None or trainer_cls is None:
-        raise SystemExit(f"hfcoop: algorithm '{name}' is not available in this version of hfcoop.")
-    return config_cls, trainer_cls
+    return ALGORITHMS[name].config_cls, ALGORITHMS[name].trainer_cls
 
 
 def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]:
@@ -237,7 +232,9 @@ def peft_config_from(script: ScriptArguments) -> Any:
 
 
 def companion_from(name: str, script: ScriptArguments) -> Any:
-    if name != "genere":
+    """The value of the algorithm's companion argument, from the ScriptArguments field the registry names."""
+    if ALGORITHMS[name].companion_source != "generators":  # a model (MLE takes none: ignored there)
+        check_model_reference(script.companion_name_or_path, "companion_name_or_path")
         return script.companion_name_or_path
     if not script.generators:
         raise SystemExit("hfcoop: GENERE needs `generators: module:attribute` naming a list of data generators.")
@@ -310,6 +307,29 @@ def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
     return "\n".join(parts)
 
 
+def build_trainer(name: str, script: ScriptArguments, args: Any, train_ds: Any, eval_ds: Any) -> Any:
+    """The algorithm's trainer on the loaded data, its companion argument filled as the registry says, with the
+    data sets' names for the model card."""
+    algorithm = ALGORITHMS[name]
+    companion = companion_from(name, script)
+    generators = companion if algorithm.companion_source == "generators" else None
+    model = resolve_model(script, train_ds, args, generators)
+    trainer = algorithm.trainer_cls(
+        model,
+        **algorithm.companion_kwargs(companion),
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        peft_config=peft_config_from(script),
+    )
+    trainer.dataset_names = [script.dataset_name]
+    if script.eval_dataset_name:
+        trainer.eval_dataset_names = [script.eval_dataset_name]
+    elif script.dataset_eval_split:
+        trainer.eval_dataset_names = [f"{script.dataset_name} ({script.dataset_eval_split} split)"]
+    return trainer
+
+
 def train(argv: list[str]) -> dict[str, Any]:
     if not argv or argv[0].startswith("-"):
         raise SystemExit(f"usage: hfcoop train <{'|'.join(ALGORITHMS)}> --config recipe.yaml [--flag value ...]\n"
@@ -332,23 +352,7 @@ def train(argv: list[str]) -> dict[str, Any]:
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=resume is not None,
                          clear=args.should_save)  # fmt: skip
     train_ds, eval_ds = load_datasets(script)
-    companion = () if name == "mle" else (companion_from(name, script),)
-    if name != "genere":
-        check_model_reference(script.companion_name_or_path, "companion_name_or_path")
-    model = resolve_model(script, train_ds, args, companion[0] if name == "genere" else None)
-    trainer = trainer_cls(
-        model,
-        *companion,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        peft_config=peft_config_from(script),
-    )
-    trainer.dataset_names = [script.dataset_name]
-    if script.eval_dataset_name:
-        trainer.eval_dataset_names = [script.eval_dataset_name]
-    elif script.dataset_eval_split:
-        trainer.eval_dataset_names = [f"{script.dataset_name} ({script.dataset_eval_split} split)"]
+    trainer = build_trainer(name, script, args, train_ds, eval_ds)
     trainer.launch_command = redact_command(["hfcoop", "train", name, *argv], [args.hub_token])
     if script.dry_run:
         batch = next(iter(trainer.get_train_dataloader()))
@@ -612,8 +616,9 @@ def generation_requests(a: Any) -> list[dict[str, str]]:
 def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 
-    from .data import pad_left, start_token_id
-    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer
+    from .batching import pad_left
+    from .data import start_token_id
+    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer, max_positions
     from .sampling import build_generation_config, generation_mode, sample_completions
 
     (a,) = parse((GenerateArguments,), argv)
@@ -646,7 +651,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
             start = end
     else:
         # As in training, prompts keep their last tokens: what fits the model's positions beside the new tokens.
-        limit = a.max_prompt_length or (getattr(model.config, "max_position_embeddings", None) or 10**9) - a.max_new_tokens
+        limit = a.max_prompt_length or (max_positions(model) or 10**9) - a.max_new_tokens
         if limit < 1:
             raise SystemExit(f"hfcoop: --max_new_tokens {a.max_new_tokens} leaves no room for a prompt in the model's "
                              "positions: lower it.")  # fmt: skip

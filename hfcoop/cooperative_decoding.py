@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 
-from .data import pad_left, start_token_id
+from .batching import pad_left, pad_right
+from .data import start_token_id
 from .sampling import build_generation_config, sample_completions
-from .scorers import ScoreFn, ScorerInputs, SequenceScorer, load_scorer, max_positions
+from .modeling import eos_token_ids, load_causal_lm, load_tokenizer, max_positions
+from .scorers import ScoreFn, ScorerInputs, SequenceScorer, load_scorer
 
 
 def resample_log_weights(logits: torch.Tensor, weighting: str = "d") -> torch.Tensor:
@@ -183,90 +185,98 @@ def mcts_decode(
         raise ValueError("mcts_decode needs num_simulations >= 1, top_k >= 1 and max_new_tokens >= 1.")
     if unvisited_value not in MCTS_UNVISITED_VALUES:
         raise ValueError(f"unvisited_value must be one of {MCTS_UNVISITED_VALUES}, got {unvisited_value!r}.")
-    eos_ids = set(torch.as_tensor(eos_token_id).view(-1).tolist())
-    batch = prompt_ids.shape[0]
-    prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
-    roots = [_Node(tokens=()) for _ in range(batch)]
-    done = [False] * batch
-
-    def is_terminal(tokens: tuple[int, ...]) -> bool:
-        return len(tokens) >= max_new_tokens or (bool(tokens) and tokens[-1] in eos_ids)
-
-    def evaluate(leaves: list[tuple[int, _Node]]) -> None:
-        """Values (and priors for non-terminal leaves) of new leaves, one batched forward of each model."""
-        rows = [b for b, _ in leaves]
-        comp_ids, comp_mask = _right_pad([list(n.tokens) for _, n in leaves], pad_token_id, prompt_ids.device)
-        logits = score_fn(prompt_ids[rows], prompt_mask[rows], comp_ids, comp_mask).float()
-        values = torch.sigmoid(logits).tolist()
-        open_leaves = [(i, n) for i, (_, n) in enumerate(leaves) if not n.terminal]
-        if open_leaves:
-            probs = _next_token_probs(
-                model, [prompts[rows[i]] for i, _ in open_leaves], [n.tokens for _, n in open_leaves], pad_token_id,
-                temperature,
-            )  # fmt: skip
-            probs = filter_probs(probs, filter_top_k, top_p)
-            child_p, child_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-            child_p = child_p / child_p.sum(-1, keepdim=True)
-            for (_, node), ps, ts in zip(open_leaves, child_p.tolist(), child_i.tolist()):
-                for p, t in zip(ps, ts):
-                    if p <= 0:  # filtered out by top_k / top_p
-                        continue
-                    child_tokens = node.tokens + (t,)
-                    node.children[t] = _Node(tokens=child_tokens, prior=p, terminal=is_terminal(child_tokens))
-        for (_, node), v in zip(leaves, values):
-            node.value = v
-
+    search = _MCTSSearch(model, prompt_ids, prompt_mask, score_fn, max_new_tokens, eos_token_id, pad_token_id,
+                         top_k, c_puct, temperature, filter_top_k, top_p, unvisited_value)  # fmt: skip
     for _ in range(max_new_tokens):
-        active = [b for b in range(batch) if not done[b]]
+        active = [b for b in range(len(search.roots)) if not search.roots[b].terminal]
         if not active:
             break
         for _ in range(num_simulations):
-            paths, new_leaves = {}, []
-            for b in active:
-                node, path = roots[b], [roots[b]]
-                while node.expanded and node.children:
-                    node = _puct_child(node, c_puct, unvisited_value)
-                    path.append(node)
-                paths[b] = path
-                if not node.expanded:
-                    new_leaves.append((b, node))
-            if new_leaves:
-                evaluate(new_leaves)
-            for b in active:  # backup (terminal leaves re-use their cached value)
-                leaf_value = paths[b][-1].value
-                for node in paths[b]:
-                    node.visits += 1
-                    node.value_sum += leaf_value
+            search.simulate(active)
         for b in active:
-            children = list(roots[b].children.values())
-            visits = torch.tensor([c.visits for c in children], dtype=torch.float64)
-            if visit_temperature > 0:
-                choice = int(torch.multinomial((visits ** (1.0 / visit_temperature)).clamp(min=1e-300), 1))
-            else:  # most visited; ties (few simulations) go to the better value
-                choice = max(
-                    range(len(children)), key=lambda i: (children[i].visits, children[i].q(), children[i].prior)
-                )
-            roots[b] = children[choice]
-            done[b] = roots[b].terminal
-    ids, _ = _right_pad([list(r.tokens) for r in roots], pad_token_id, prompt_ids.device)
+            search.advance(b, visit_temperature)
+    ids, _ = pad_right([list(r.tokens) for r in search.roots], pad_token_id, prompt_ids.device, min_width=1)
     # Every sequence stops at its first EOS or at max_new_tokens, so its length is its mask.
-    return ids, _length_mask(roots, ids)
+    return ids, _length_mask(search.roots, ids)
+
+
+class _MCTSSearch:
+    """The trees of :func:`mcts_decode`, one per prompt, and the three steps of a simulation over them."""
+
+    def __init__(self, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, score_fn: ScoreFn,
+                 max_new_tokens: int, eos_token_id: int | list[int], pad_token_id: int, top_k: int, c_puct: float,
+                 temperature: float, filter_top_k: int, top_p: float, unvisited_value: str) -> None:  # fmt: skip
+        self.model, self.prompt_ids, self.prompt_mask, self.score_fn = model, prompt_ids, prompt_mask, score_fn
+        self.max_new_tokens, self.pad_token_id, self.top_k, self.c_puct = max_new_tokens, pad_token_id, top_k, c_puct
+        self.temperature, self.filter_top_k, self.top_p = temperature, filter_top_k, top_p
+        self.unvisited_value = unvisited_value
+        self.eos_ids = set(torch.as_tensor(eos_token_id).view(-1).tolist())
+        self.prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
+        self.roots = [_Node(tokens=()) for _ in range(prompt_ids.shape[0])]
+
+    def is_terminal(self, tokens: tuple[int, ...]) -> bool:
+        return len(tokens) >= self.max_new_tokens or (bool(tokens) and tokens[-1] in self.eos_ids)
+
+    def simulate(self, active: list[int]) -> None:
+        """Select by PUCT down to a leaf in each active tree, evaluate the new leaves in one batch, back up."""
+        paths, new_leaves = {}, []
+        for b in active:
+            node, path = self.roots[b], [self.roots[b]]
+            while node.expanded and node.children:
+                node = _puct_child(node, self.c_puct, self.unvisited_value)
+                path.append(node)
+            paths[b] = path
+            if not node.expanded:
+                new_leaves.append((b, node))
+        if new_leaves:
+            self.evaluate(new_leaves)
+        for b in active:  # backup (terminal leaves re-use their cached value)
+            leaf_value = paths[b][-1].value
+            for node in paths[b]:
+                node.visits += 1
+                node.value_sum += leaf_value
+
+    def evaluate(self, leaves: list[tuple[int, _Node]]) -> None:
+        """Values (and priors for non-terminal leaves) of new leaves, one batched forward of each model."""
+        rows = [b for b, _ in leaves]
+        comp_ids, comp_mask = pad_right([list(n.tokens) for _, n in leaves], self.pad_token_id, self.prompt_ids.device,
+                                        min_width=1)  # fmt: skip
+        logits = self.score_fn(self.prompt_ids[rows], self.prompt_mask[rows], comp_ids, comp_mask).float()
+        values = torch.sigmoid(logits).tolist()
+        open_leaves = [(i, n) for i, (_, n) in enumerate(leaves) if not n.terminal]
+        if open_leaves:
+            self.expand([rows[i] for i, _ in open_leaves], [n for _, n in open_leaves])
+        for (_, node), v in zip(leaves, values):
+            node.value = v
+
+    def expand(self, rows: list[int], nodes: list[_Node]) -> None:
+        """Children of ``nodes``: the generator's filtered top-``top_k`` next tokens, renormalised, as priors."""
+        probs = _next_token_probs(self.model, [self.prompts[r] for r in rows], [n.tokens for n in nodes],
+                                  self.pad_token_id, self.temperature)  # fmt: skip
+        probs = filter_probs(probs, self.filter_top_k, self.top_p)
+        child_p, child_i = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
+        child_p = child_p / child_p.sum(-1, keepdim=True)
+        for node, ps, ts in zip(nodes, child_p.tolist(), child_i.tolist()):
+            for p, t in zip(ps, ts):
+                if p <= 0:  # filtered out by top_k / top_p
+                    continue
+                child_tokens = node.tokens + (t,)
+                node.children[t] = _Node(tokens=child_tokens, prior=p, terminal=self.is_terminal(child_tokens))
+
+    def advance(self, b: int, visit_temperature: float) -> None:
+        """Tree ``b`` moves its root to the chosen next token (its subtree is kept)."""
+        children = list(self.roots[b].children.values())
+        visits = torch.tensor([c.visits for c in children], dtype=torch.float64)
+        if visit_temperature > 0:
+            choice = int(torch.multinomial((visits ** (1.0 / visit_temperature)).clamp(min=1e-300), 1))
+        else:  # most visited; ties (few simulations) go to the better value
+            choice = max(range(len(children)), key=lambda i: (children[i].visits, children[i].q(), children[i].prior))
+        self.roots[b] = children[choice]
 
 
 def _length_mask(roots: list[_Node], ids: torch.Tensor) -> torch.Tensor:
     lengths = torch.tensor([len(r.tokens) for r in roots], device=ids.device)
     return (torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)).long()
-
-
-def _right_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(max((len(r) for r in rows), default=0), 1)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
 
 
 # ------------------------------------------------------------------------------------------------ public API
@@ -305,52 +315,70 @@ def cooperative_generate(
     Returns:
         one completion text per prompt (or ``num_samples`` texts).
     """
-    from .modeling import eos_token_ids, load_causal_lm, load_tokenizer
-
+    if method not in ("resample", "mcts"):
+        raise ValueError(f"method must be 'resample' or 'mcts', got {method!r}.")
     model_id = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
     tokenizer = load_tokenizer(tokenizer, model_id)
     generator = load_causal_lm(model)
-    if callable(discriminator) and not isinstance(discriminator, (str, nn.Module)):
-        score_fn: ScoreFn = discriminator
-    else:
-        scorer, scorer_tok = load_scorer(
-            discriminator, generator, tokenizer, name="discriminator", tokenizer=discriminator_tokenizer
-        )
-        if isinstance(discriminator, str):
-            scorer = scorer.to(generator.device)
-        score_fn = SequenceScorer(
-            scorer, ScorerInputs(tokenizer, scorer_tok, max_positions(scorer), eos_token_ids(tokenizer, generator))
-        )
-    if prompts is None:
-        rows = [[start_token_id(tokenizer)] for _ in range(num_samples)]
-    else:
-        # Prompts keep their newest tokens so that prompt + completion fit the generator's positions.
-        keep = (getattr(generator.config, "max_position_embeddings", None) or 10**9) - max_new_tokens
-        rows = [tokenizer(p)["input_ids"][-keep:] or [start_token_id(tokenizer)] for p in prompts]
+    score_fn = _discriminator_score_fn(discriminator, generator, tokenizer, discriminator_tokenizer)
+    rows = _prompt_rows(tokenizer, prompts, num_samples, (max_positions(generator) or 10**9) - max_new_tokens)
     eos_ids = eos_token_ids(tokenizer, generator)
-    config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p, eos_ids)
+    if method == "resample":
+        config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p, eos_ids)
+
+        def complete(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = sample_and_resample(generator, ids, mask, config, score_fn, num_candidates, 1, weighting)
+            return out["completion_ids"], out["completion_mask"]
+    else:
+
+        def complete(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return mcts_decode(
+                generator, ids, mask, score_fn, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
+                pad_token_id=tokenizer.pad_token_id, num_simulations=num_simulations, top_k=mcts_top_k,
+                c_puct=c_puct, temperature=temperature, visit_temperature=visit_temperature, filter_top_k=top_k,
+                top_p=top_p,
+            )  # fmt: skip
+
+    return _complete_rows(generator, tokenizer, rows, batch_size, complete)
+
+
+def _complete_rows(
+    generator: nn.Module, tokenizer: Any, rows: list[list[int]], batch_size: int, complete: Any
+) -> list[str]:
+    """Decoded completions of prompt token ``rows``, ``batch_size`` at a time, by ``complete(ids, mask)`` (left-padded
+    prompts in, right-padded completions out) with the generator in eval mode."""
     was_training = generator.training
     generator.eval()
     texts: list[str] = []
     try:
         for start in range(0, len(rows), batch_size):
-            ids, mask = pad_left(rows[start : start + batch_size], tokenizer.pad_token_id)
-            ids, mask = ids.to(generator.device), mask.to(generator.device)
-            if method == "resample":
-                out = sample_and_resample(generator, ids, mask, config, score_fn, num_candidates, 1, weighting)
-                comp_ids, comp_mask = out["completion_ids"], out["completion_mask"]
-            elif method == "mcts":
-                comp_ids, comp_mask = mcts_decode(
-                    generator, ids, mask, score_fn, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
-                    pad_token_id=tokenizer.pad_token_id, num_simulations=num_simulations, top_k=mcts_top_k,
-                    c_puct=c_puct, temperature=temperature, visit_temperature=visit_temperature,
-                    filter_top_k=top_k, top_p=top_p,
-                )  # fmt: skip
-            else:
-                raise ValueError(f"method must be 'resample' or 'mcts', got {method!r}.")
+            ids, mask = pad_left(rows[start : start + batch_size], tokenizer.pad_token_id, generator.device)
+            comp_ids, comp_mask = complete(ids, mask)
             texts += [
                 tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(comp_ids, comp_mask)
             ]
     finally:
         generator.train(was_training)
     return texts
+
+
+def _discriminator_score_fn(discriminator: Any, generator: nn.Module, tokenizer: Any, scorer_tokenizer: Any) -> ScoreFn:
+    """A :data:`ScoreFn` as given, or one over the scorer that ``discriminator`` names / is."""
+    if callable(discriminator) and not isinstance(discriminator, (str, nn.Module)):
+        return discriminator
+    scorer, scorer_tok = load_scorer(
+        discriminator, generator, tokenizer, name="discriminator", tokenizer=scorer_tokenizer
+    )
+    if isinstance(discriminator, str):
+        scorer = scorer.to(generator.device)
+    return SequenceScorer(
+        scorer, ScorerInputs(tokenizer, scorer_tok, max_positions(scorer), eos_token_ids(tokenizer, generator))
+    )
+
+
+def _prompt_rows(tokenizer: Any, prompts: list[str] | None, num_samples: int, keep: int) -> list[list[int]]:
+    """Prompt token rows: each prompt's newest ``keep`` tokens (so prompt + completion fit the generator's
+    positions), or ``num_samples`` BOS-only rows for unconditional texts."""
+    if prompts is None:
+        return [[start_token_id(tokenizer)] for _ in range(num_samples)]
+    return [tokenizer(p)["input_ids"][-keep:] or [start_token_id(tokenizer)] for p in prompts]

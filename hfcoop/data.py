@@ -20,6 +20,8 @@ from typing import Any, Callable, Literal
 import torch
 from datasets import Dataset, IterableDataset
 
+from .batching import pad_left, pad_right  # noqa: F401 (hfcoop.data.pad_left / pad_right: public names)
+
 Format = Literal["text", "prompt_completion", "conversational"]
 
 
@@ -239,27 +241,6 @@ def tokenize_dataset(
         remove_columns=dataset.column_names,
         **kwargs,
     )
-
-
-def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 @dataclass

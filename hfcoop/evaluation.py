@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from .data import detect_format, pad_left, render_conversational_dataset, start_token_id
-from .modeling import eos_token_ids
+from .batching import pad_left
+from .data import detect_format, render_conversational_dataset, start_token_id
+from .modeling import eos_token_ids, max_positions
 from .metrics import compute_generation_metrics, reference_nll
 from .sampling import build_generation_config, generation_mode, sample_completions
 
@@ -45,7 +46,7 @@ def sample_texts(
     config = build_generation_config(tokenizer, max_new_tokens, temperature, eos_token_ids=eos_token_ids(tokenizer, model))
     device = next(model.parameters()).device
     if max_prompt_length is None:  # as many prompt tokens as fit next to the completion
-        max_prompt_length = (getattr(model.config, "max_position_embeddings", None) or 10**9) - max_new_tokens
+        max_prompt_length = (max_positions(model) or 10**9) - max_new_tokens
     texts: list[str] = []
     with generation_mode(model) as g:
         for start in range(0, len(prompts) if prompts is not None else num_samples, batch_size):

@@ -57,6 +57,32 @@ def sequence_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(logprobs * mask).sum(dim=-1)
 
 
+def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the masked-in tokens, ``(B, T) -> ()`` (0 when there are none): the per-token
+    statistics that are logged (NLL, KL per token). Losses are per-sequence sums instead, see
+    :func:`scale_to_token_budget`."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def scale_to_token_budget(loss: torch.Tensor, max_completion_length: int) -> torch.Tensor:
+    """The one loss normalisation: a step's loss, a mean over sequences of per-sequence token sums, divided by the
+    constant completion budget ``max_completion_length``.
+
+    Why a constant rather than the batch's token count: a mean of means over equal micro-batches is the global
+    mean, so gradient accumulation and data parallelism stay exact without token-count bookkeeping (there is none
+    for sampled sequences), while the scale stays per token, as learning rates tuned on token means expect. The
+    trainers' base applies it to every ``cooperative_step`` loss; a term that is already per sequence rather than
+    a token sum (ψ-MLE's Bregman objective, GCN's discriminator loss) enters through
+    :func:`in_token_sum_units` so that the division leaves it unchanged.
+    """
+    return loss / max_completion_length
+
+
+def in_token_sum_units(per_sequence_loss: torch.Tensor, max_completion_length: int) -> torch.Tensor:
+    """A per-sequence loss expressed in the units :func:`scale_to_token_budget` divides (its inverse)."""
+    return per_sequence_loss * max_completion_length
+
+
 def mle_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Maximum likelihood, CoT Eq. (1): ``E_{s~p_data}[-log G(s)]``, estimated on a batch of real sequences."""
     return sequence_nll(logprobs, mask).mean()

@@ -257,6 +257,32 @@ def sentence_bleu_score(
     return {f"bleu-{n}": sums[n] / len(chosen) for n in wanted}
 
 
+def _ngram_owners(
+    tokens: list[list[str]], top: int
+) -> tuple[list[dict[NGram, list[int]]], list[list[Counter[NGram]]]]:
+    """Per order n: for each n-gram [highest count in one sentence, that sentence's index, second highest count
+    (in another sentence)], and each sentence's n-gram counts; Self-BLEU clips a sentence's counts against all the
+    others' without rebuilding the reference table per sentence."""
+    best: list[dict[NGram, list[int]]] = [{} for _ in range(top)]
+    per_sentence: list[list[Counter[NGram]]] = []
+    for idx, toks in enumerate(tokens):
+        sentence_counts = []
+        for n in range(1, top + 1):
+            counts = Counter(_ngrams(toks, n))
+            sentence_counts.append(counts)
+            table = best[n - 1]
+            for gram, c in counts.items():
+                entry = table.get(gram)
+                if entry is None:
+                    table[gram] = [c, idx, 0]
+                elif c > entry[0]:
+                    entry[2], entry[0], entry[1] = entry[0], c, idx
+                elif c > entry[2]:
+                    entry[2] = c
+        per_sentence.append(sentence_counts)
+    return best, per_sentence
+
+
 def self_bleu_score(
     predictions: Sequence[str],
     *,
@@ -277,24 +303,7 @@ def self_bleu_score(
         raise ValueError("Self-BLEU needs at least two predictions")
     top = max(wanted)
     tokens = [_tokenize(p) for p in predictions]
-    # Per n-gram: [highest count, index holding it, second highest count (other index)].
-    best: list[dict[NGram, list[int]]] = [{} for _ in range(top)]
-    per_sentence: list[list[Counter[NGram]]] = []
-    for idx, toks in enumerate(tokens):
-        sentence_counts = []
-        for n in range(1, top + 1):
-            counts = Counter(_ngrams(toks, n))
-            sentence_counts.append(counts)
-            table = best[n - 1]
-            for gram, c in counts.items():
-                entry = table.get(gram)
-                if entry is None:
-                    table[gram] = [c, idx, 0]
-                elif c > entry[0]:
-                    entry[2], entry[0], entry[1] = entry[0], c, idx
-                elif c > entry[2]:
-                    entry[2] = c
-        per_sentence.append(sentence_counts)
+    best, per_sentence = _ngram_owners(tokens, top)
     length_counts = Counter(len(t) for t in tokens)
     lengths = sorted(length_counts)
 
@@ -372,7 +381,7 @@ def reference_nll(
     """NLL (nats) of ``texts`` under a causal LM, optionally conditioned on ``prompts``.
 
     Prompts keep their last ``max_prompt_length`` tokens; a sequence longer than the model's
-    ``max_position_embeddings`` loses its oldest prompt tokens, then the end of its text.
+    position limit (``modeling.max_positions``) loses its oldest prompt tokens, then the end of its text.
 
     Sequence = ``[bos]? + prompt + text + [eos]?`` (bos falls back to eos; prompt and
     text tokenised separately without special tokens).  Scored targets: every
@@ -382,14 +391,27 @@ def reference_nll(
     Returns ``nll_per_token`` (token-weighted mean), ``nll_per_sequence`` (mean of
     per-sequence sums), ``perplexity`` and ``num_tokens``.
     """
-    import torch
-
     if not texts:
         raise ValueError("no texts to score")
     if prompts is not None and len(prompts) != len(texts):
         raise ValueError(f"{len(prompts)} prompts but {len(texts)} texts")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    bos_id, eos_id, pad_id = _special_ids(tokenizer, add_bos, append_eos)
+    sequences = _scored_sequences(model, tokenizer, texts, prompts, bos_id if add_bos else None,
+                                  eos_id if append_eos else None, max_prompt_length)  # fmt: skip
+    total_nll, total_tokens = _summed_nll(model, sequences, batch_size, pad_id)
+    nll_per_token = total_nll / total_tokens if total_tokens else float("nan")
+    return {
+        "nll_per_token": nll_per_token,
+        "nll_per_sequence": total_nll / len(sequences),
+        "perplexity": math.exp(nll_per_token) if total_tokens else float("nan"),
+        "num_tokens": float(total_tokens),
+    }
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase, add_bos: bool, append_eos: bool) -> tuple[Any, Any, int]:
+    """(bos, eos, pad) ids for :func:`reference_nll`: bos falls back to eos, pad to eos then 0 (masked out)."""
     eos_id = tokenizer.eos_token_id
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos_id
     if add_bos and bos_id is None:
@@ -397,33 +419,53 @@ def reference_nll(
     if append_eos and eos_id is None:
         raise ValueError("append_eos=True but the tokenizer has no eos token")
     if tokenizer.pad_token_id is not None:
-        pad_id = tokenizer.pad_token_id
-    else:
-        pad_id = eos_id if eos_id is not None else 0  # value irrelevant: masked out
+        return bos_id, eos_id, tokenizer.pad_token_id
+    return bos_id, eos_id, eos_id if eos_id is not None else 0  # value irrelevant: masked out
+
+
+def _scored_sequences(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    prompts: Sequence[str] | None,
+    bos_id: int | None,
+    eos_id: int | None,
+    max_prompt_length: int | None,
+) -> list[tuple[list[int], int]]:
+    """``(ids, index of the first scored token)`` per text: ``[bos]? + prompt + text + [eos]?``, cut to fit the
+    model's positions (the prompt's oldest tokens first, then the text's tail)."""
+    from .modeling import max_positions  # here, so importing metrics loads no model code
 
     text_ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     if prompts is not None:
         prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     else:
         prompt_ids = [[] for _ in texts]
-    sequences: list[tuple[list[int], int]] = []  # (ids, index of first scored token)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
+    sequences: list[tuple[list[int], int]] = []
+    room = (max_positions(model) or 10**9) - int(bos_id is not None) - int(eos_id is not None)
     for p_ids, t_ids in zip(prompt_ids, text_ids):
         if max_prompt_length is not None:
             p_ids = p_ids[-max_prompt_length:] if max_prompt_length > 0 else []
-        # Beyond the model's positions: drop the prompt's oldest tokens first, then the text's tail.
-        room = limit - int(add_bos) - int(append_eos)
         t_ids = t_ids[: max(room - 1, 1)]
         p_ids = p_ids[max(0, len(p_ids) - (room - len(t_ids))) :]
-        prefix = ([bos_id] if add_bos else []) + list(p_ids)
-        ids = prefix + list(t_ids) + ([eos_id] if append_eos else [])
+        prefix = ([bos_id] if bos_id is not None else []) + list(p_ids)
+        ids = prefix + list(t_ids) + ([eos_id] if eos_id is not None else [])
         sequences.append((ids, max(1, len(prefix))))
+    return sequences
+
+
+def _summed_nll(
+    model: PreTrainedModel, sequences: list[tuple[list[int], int]], batch_size: int, pad_id: int
+) -> tuple[float, int]:
+    """(summed NLL of the scored tokens, their count), in eval mode, in right-padded batches of similar length."""
+    import torch
+
+    from .batching import pad_right  # here, so importing metrics loads no torch code
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_nll = 0.0
-    total_tokens = 0
+    total_nll, total_tokens = 0.0, 0
     order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k][0]))  # less padding
     try:
         with torch.no_grad():
@@ -432,31 +474,19 @@ def reference_nll(
                 width = max(len(ids) for ids, _ in batch)
                 if width < 2:
                     continue  # nothing can be predicted
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                scored = torch.zeros((len(batch), width), dtype=torch.bool)
-                for row, (ids, first) in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention[row, : len(ids)] = 1
-                    scored[row, first : len(ids)] = True
+                input_ids, attention = pad_right([ids for ids, _ in batch], pad_id)
+                first = torch.tensor([first for _, first in batch]).unsqueeze(1)
+                scored = attention.bool() & (torch.arange(width).unsqueeze(0) >= first)
                 input_ids, attention, scored = input_ids.to(device), attention.to(device), scored.to(device)
                 logits = model(input_ids=input_ids, attention_mask=attention).logits
                 log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                targets = input_ids[:, 1:]
-                token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                token_nll = -log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
                 mask = scored[:, 1:]
                 total_nll += float(token_nll.masked_fill(~mask, 0.0).double().sum())
                 total_tokens += int(mask.sum())
     finally:
         model.train(was_training)
-
-    nll_per_token = total_nll / total_tokens if total_tokens else float("nan")
-    return {
-        "nll_per_token": nll_per_token,
-        "nll_per_sequence": total_nll / len(sequences),
-        "perplexity": math.exp(nll_per_token) if total_tokens else float("nan"),
-        "num_tokens": float(total_tokens),
-    }
+    return total_nll, total_tokens
 
 
 # --------------------------------------------------------------------------- evaluate.Metric wrappers

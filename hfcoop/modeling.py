@@ -12,7 +12,7 @@ import glob
 import inspect
 import json
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from safetensors.torch import load_file
@@ -26,6 +26,27 @@ try:
     from peft import PeftModel, set_peft_model_state_dict
 except ImportError:  # peft is a hard dependency, but keep import errors readable
     PeftModel = None  # type: ignore[assignment,misc]
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model under a ``PeftModel`` wrapper (the model itself when it is not wrapped)."""
+    return model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """Most positions the model can embed, read from its text config (None: unknown / unbounded).
+
+    The one definition of a model's position limit: GPT-2 names it ``n_positions`` / ``n_ctx``, Llama and most
+    others ``max_position_embeddings``; a multimodal config keeps it in its text config.
+    """
+    config = getattr(unwrap_peft(model), "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
 
 # Encoder-only families that AutoModelForCausalLM would silently turn into a (untrained) decoder head.
 _ENCODER_ONLY = {
@@ -99,7 +120,7 @@ def resolve_init_kwargs(
 def is_quantized(model: nn.Module) -> bool:
     """Whether the model's weights are k-bit quantized (bitsandbytes 4/8-bit or another quantizer): they cannot be
     trained directly, only through adapters."""
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     return bool(
         getattr(base, "is_loaded_in_4bit", False)
         or getattr(base, "is_loaded_in_8bit", False)
@@ -138,7 +159,7 @@ def load_causal_lm(
         )
         _check_causal_config(config, f"{name} '{model}'")
         return AutoModelForCausalLM.from_pretrained(model, **kwargs)
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     if not isinstance(base, PreTrainedModel) or not hasattr(base, "generate"):
         raise ValueError(f"{name} must be a transformers causal LM or a path/Hub id, got {type(model).__name__}.")
     _check_causal_config(base.config, f"{name} ({type(base).__name__})")
@@ -227,7 +248,7 @@ def check_same_vocabulary(generator: nn.Module, companion: nn.Module, tokenizer:
 
 
 def uses_logits_to_keep(model: nn.Module) -> bool:
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
@@ -283,7 +304,7 @@ _MASK_LOGITS_TO_KEEP: dict[type, bool] = {}
 def uses_mask_logits_to_keep(model: nn.Module) -> bool:
     """Whether ``logits_to_keep`` may be a boolean ``(B, L)`` mask (models that slice with transformers'
     ``slice_logits_to_keep``, i.e. nearly every causal LM of transformers 5; not remote code)."""
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     cls = type(base)
     if cls not in _MASK_LOGITS_TO_KEEP:
         try:
@@ -300,7 +321,7 @@ def uses_mask_logits_to_keep(model: nn.Module) -> bool:
 
 def _pad_configs(model: nn.Module) -> list[Any]:
     """The configs whose ``pad_token_id`` a sequence classifier reads to pool (its own and its text config)."""
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     if config is None:
         return []
@@ -351,6 +372,20 @@ def _rows(inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torc
     return {k: v[keep] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
 
 
+class PairInput(TypedDict, total=False):
+    """One model's part of a :class:`CooperativePair` forward (a plain dict at run time, so DDP, DeepSpeed and
+    FSDP pass it through untouched).
+
+    ``inputs``: the model's forward kwargs. ``completion_length``: a causal LM returns the logits that predict the
+    last ``completion_length`` positions; absent for a one-logit scorer. ``completion_mask``: with it, an LM
+    returns only the masked-in tokens' logits, packed ``(N, V)``.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    completion_length: int
+    completion_mask: torch.Tensor
+
+
 class CooperativePair(nn.Module):
     """Generator + companion as one module; ``forward`` runs whichever of the two is given inputs.
 
@@ -380,8 +415,8 @@ class CooperativePair(nn.Module):
 
     def forward(
         self,
-        generator: dict[str, Any] | None = None,
-        companion: dict[str, Any] | None = None,
+        generator: PairInput | None = None,
+        companion: PairInput | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         gen_out = comp_out = None
         if generator is not None:

@@ -15,12 +15,9 @@ from torch import nn
 from transformers import DynamicCache, GenerationConfig, GenerationMixin
 from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+from .modeling import PeftModel, unwrap_peft
 
-try:
-    from peft import PeftModel
-except ImportError:  # peft is a hard dependency, but keep import errors readable
-    PeftModel = None  # type: ignore[assignment,misc]
+logger = logging.get_logger(__name__)
 
 
 def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
@@ -198,7 +195,7 @@ def lean_model_support(model: nn.Module) -> tuple[str | None, str]:
     if PeftModel is not None and isinstance(model, PeftModel):
         if getattr(model.active_peft_config, "is_prompt_learning", False):
             return None, "a prompt-learning PEFT adapter injects virtual tokens in PeftModel.generate"
-        base = model.get_base_model()
+        base = unwrap_peft(model)
     if getattr(getattr(base, "config", None), "is_encoder_decoder", False):
         return None, "encoder-decoder models generate through their encoder"
     cls = type(base)
@@ -316,7 +313,7 @@ def lean_sample(
     # As generate: positions skip the left padding, and an all-ones mask is dropped (cheaper causal attention).
     position_ids = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)
     attention_mask = None if bool((prompt_mask == 1).all()) else prompt_mask
-    base = model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
+    base = unwrap_peft(model)
     cache_argument, reason = lean_model_support(model)
     if cache_argument is None:
         raise ValueError(f"lean_sample cannot drive this model: {reason}; use model.generate.")

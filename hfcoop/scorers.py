@@ -20,9 +20,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
+from .batching import pad_right
 from .data import start_token_id
 from .distributed import full_shape, gathered, load_whole_state_dict, whole_state_dict
-from .modeling import PeftModel, classifier_forward, load_tokenizer, resolve_init_kwargs
+from .modeling import PairInput, classifier_forward, load_tokenizer, max_positions, resolve_init_kwargs, unwrap_peft
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(prompt_ids, prompt_mask, completion_ids, completion_mask) -> (B,)`` logits (generator token ids in)."""
@@ -30,23 +31,9 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tor
 _SEQ_CLS_CLASSES = set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values())
 
 
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if PeftModel is not None and isinstance(model, PeftModel) else model
-
-
-def max_positions(model: nn.Module) -> int | None:
-    """Most positions the model can embed (None: unknown / unbounded)."""
-    config = getattr(_base(model), "config", None)
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def check_single_logit(model: nn.Module, name: str) -> None:
     """A scorer must be a sequence classifier with exactly one output logit; a clear error otherwise."""
-    base = _base(model)
+    base = unwrap_peft(model)
     cls_name = type(base).__name__
     if not isinstance(base, PreTrainedModel) or (
         cls_name not in _SEQ_CLS_CLASSES and not cls_name.endswith("ForSequenceClassification")
@@ -76,7 +63,7 @@ def _zero_new_head(model: PreTrainedModel, names: list[str] | None = None) -> No
 
 def scorer_from_generator(generator: PreTrainedModel, pad_token_id: int | None, seed: int = 0) -> PreTrainedModel:
     """A one-logit sequence classifier with the generator's backbone weights (its own checkpoint) and a zero head."""
-    generator = _base(generator)
+    generator = unwrap_peft(generator)
     config = copy.deepcopy(generator.config)
     config.num_labels = 1
     config.pad_token_id = pad_token_id if pad_token_id is not None else config.pad_token_id
@@ -124,21 +111,7 @@ def load_scorer(
         model: nn.Module = scorer_from_generator(generator, generator_tokenizer.pad_token_id, seed)
         tokenizer = tokenizer or generator_tokenizer
     elif isinstance(scorer, str):
-        kwargs = resolve_init_kwargs(init_kwargs, trust_remote_code=trust_remote_code, name="companion_init_kwargs")
-        trust_remote_code, revision = kwargs["trust_remote_code"], kwargs.get("revision")
-        config = AutoConfig.from_pretrained(scorer, trust_remote_code=trust_remote_code, revision=revision)
-        is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-        if is_classifier:
-            model = AutoModelForSequenceClassification.from_pretrained(scorer, **kwargs)
-        else:  # e.g. a causal LM: same backbone, new one-logit head (zeroed, see _zero_new_head)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model, info = AutoModelForSequenceClassification.from_pretrained(
-                    scorer, num_labels=1, output_loading_info=True, **kwargs
-                )
-            _zero_new_head(model, list(info["missing_keys"]))
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(scorer, trust_remote_code=trust_remote_code, revision=revision)
+        model, tokenizer = _scorer_from_path(scorer, tokenizer, init_kwargs, trust_remote_code, seed)
     elif isinstance(scorer, nn.Module):
         model = scorer
         tokenizer = tokenizer or generator_tokenizer
@@ -146,7 +119,35 @@ def load_scorer(
         raise ValueError(f"The {name} must be a model, a path/Hub id or None, got {type(scorer).__name__}.")
     check_single_logit(model, name)
     tokenizer = load_tokenizer(tokenizer, None)  # pad token + checks, as for the generator's tokenizer
-    base = _base(model)
+    _check_scorer_fits(model, tokenizer, name, max_completion_length)
+    return model, tokenizer
+
+
+def _scorer_from_path(
+    path: str, tokenizer: Any, init_kwargs: dict[str, Any] | str | None, trust_remote_code: bool, seed: int
+) -> tuple[nn.Module, Any]:
+    """A saved one-logit classifier, or a causal-LM checkpoint with a new zeroed one-logit head, and its tokenizer
+    (the checkpoint's own unless one is given)."""
+    kwargs = resolve_init_kwargs(init_kwargs, trust_remote_code=trust_remote_code, name="companion_init_kwargs")
+    trust_remote_code, revision = kwargs["trust_remote_code"], kwargs.get("revision")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    else:  # e.g. a causal LM: same backbone, new one-logit head (zeroed, see _zero_new_head)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, output_loading_info=True, **kwargs
+            )
+        _zero_new_head(model, list(info["missing_keys"]))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    return model, tokenizer
+
+
+def _check_scorer_fits(model: nn.Module, tokenizer: Any, name: str, max_completion_length: int | None) -> None:
+    """The scorer's pad id is set, and its embeddings cover its tokenizer and a completion plus a prompt token."""
+    base = unwrap_peft(model)
     if base.config.pad_token_id is None:
         # Decoder classifiers refuse batches without a pad id (hfcoop pools on the attention mask regardless).
         base.config.pad_token_id = tokenizer.pad_token_id
@@ -163,7 +164,6 @@ def load_scorer(
             f"The {name} embeds at most {positions} positions, fewer than a completion of max_completion_length="
             f"{max_completion_length} plus one prompt token: lower max_completion_length or use a longer {name}."
         )
-    return model, tokenizer
 
 
 def same_vocabulary(a: Any, b: Any) -> bool:
@@ -230,16 +230,7 @@ class ScorerInputs:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Keep each row's last max_length tokens, still right-padded.
         rows = [ids[i, max(0, int(n) - self.max_length) : int(n)].tolist() for i, n in enumerate(lengths)]
-        return self._pad_right(rows, ids.device)
-
-    def _pad_right(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(max(len(r) for r in rows), 1)
-        ids = torch.full((len(rows), width), self.scorer_tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        return ids.to(device), mask.to(device)
+        return pad_right(rows, self.scorer_tokenizer.pad_token_id, ids.device, min_width=1)
 
     def _retokenize(
         self,
@@ -261,7 +252,7 @@ class ScorerInputs:
             ids = ids + tok(completion_text, add_special_tokens=False)["input_ids"]
             ids = ids + ([tok.eos_token_id] if ended else [])
             rows.append(ids[-self.max_length :] if self.max_length else ids)
-        ids, mask = self._pad_right(rows, prompt_ids.device)
+        ids, mask = pad_right(rows, self.scorer_tokenizer.pad_token_id, prompt_ids.device, min_width=1)
         return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -341,9 +332,9 @@ class ScorerCompanionMixin:
         prompt_mask: torch.Tensor,
         completion_ids: torch.Tensor,
         completion_mask: torch.Tensor,
-    ) -> dict[str, Any]:
+    ) -> PairInput:
         """Pair-forward arguments that return the scorer's ``(B, 1)`` logits."""
-        return {"inputs": self.scorer_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)}
+        return PairInput(inputs=self.scorer_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask))
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super()._save(output_dir, state_dict)  # type: ignore[misc]

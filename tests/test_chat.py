@@ -157,7 +157,7 @@ def test_samples_stop_on_either_eos_and_masks_treat_them_alike(chat_lm, tok, tmp
         if stops:
             ended_by.append(row[stops[0]])
     assert ended_by.count(eot) >= 20 and ended_by.count(eos) >= 20  # both ids end sequences
-    eos_rate = trainer._metrics["train"]["mle/eos_rate"][-1].item()
+    eos_rate = trainer._metrics["train"]["samples/eos_rate"][-1].item()
     assert eos_rate == pytest.approx(len(ended_by) / 96)
 
 

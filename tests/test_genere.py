@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from hfcoop import GenereConfig, GenereTrainer, MLEConfig, MLETrainer
-from hfcoop.genere_tasks import (
+from hfcoop.tasks.text_to_equation import (
     EQUATION_GENERATORS,
     MATCHING_GENERATOR,
     build_equation_model,
@@ -89,7 +89,7 @@ def test_learns_the_matching_generator(equation_lm, tmp_path):
     """
     args = config(
         tmp_path, max_steps=300, per_device_train_batch_size=32, learning_rate=3e-3, lr_scheduler_type="constant",
-        generative_weight=1.0, generator_learning_rate=0.03, perturbation_std=1.0, baseline_smoothing=0.98,
+        generative_weight=1.0, mixture_learning_rate=0.03, perturbation_std=1.0, baseline_smoothing=0.98,
         mle_warmup_steps=50, logging_steps=50, likelihood_normalization="sum", mixture_shrinkage=1.0,
     )  # fmt: skip
     trainer = GenereTrainer(
@@ -210,7 +210,7 @@ def test_resume_restores_gamma_and_baseline_exactly(equation_lm, tmp_path):
     def make(out):
         args = config(
             out, max_steps=7, save_strategy="steps", save_steps=3, gradient_accumulation_steps=2, generative_weight=1.0,
-            generator_learning_rate=0.05, mle_warmup_steps=2,
+            mixture_learning_rate=0.05, mle_warmup_steps=2,
         )  # fmt: skip
         return GenereTrainer(equation_lm, EQUATION_GENERATORS, args=args, train_dataset=data)
 
@@ -316,3 +316,20 @@ def test_the_matching_generator_wins_whatever_the_lengths(normalization, tmp_pat
         assert pi[1] > others + 0.1 and pi[1] > 0.4, pi
     else:  # the paper's reward: the shortest generator wins (measured π_short = 0.95), why it is not the default
         assert pi[0] > 0.8, pi
+
+
+def test_old_name_of_the_mixture_learning_rate_still_works(tmp_path):
+    """``generator_learning_rate`` (renamed: it is γ's step size, not the LM's) sets mixture_learning_rate, with a
+    FutureWarning, from Python and from the command line; conflicting values are refused."""
+    from hfcoop import GenereConfig
+    from hfcoop.cli import ScriptArguments, parse
+
+    with pytest.warns(FutureWarning, match="mixture_learning_rate"):
+        config = GenereConfig(output_dir=str(tmp_path), generator_learning_rate=0.07)
+    assert config.mixture_learning_rate == 0.07
+    with pytest.warns(FutureWarning, match="mixture_learning_rate"):
+        _, config = parse((ScriptArguments, GenereConfig), ["--output_dir", str(tmp_path), "--generator_learning_rate", "0.02"])
+    assert config.mixture_learning_rate == 0.02
+    with pytest.raises(ValueError, match="old name of mixture_learning_rate"):
+        GenereConfig(output_dir=str(tmp_path), generator_learning_rate=0.07, mixture_learning_rate=0.5)
+    assert GenereConfig(output_dir=str(tmp_path), mixture_learning_rate=0.3).mixture_learning_rate == 0.3

@@ -259,7 +259,7 @@ def test_trainer_end_to_end_logs_saves_and_exports(tiny_lm, coco_text, tmp_path)
     trainer.train()
     logs = [e for e in trainer.state.log_history if "psi_mle/ratio_loss" in e]
     assert len(logs) == 3
-    for key in ("ratio_mean_real", "ratio_mean_generated", "ratio_max", "weight_max", "ess", "generator_loss"):
+    for key in ("ratio_mean_real", "ratio_mean_generated", "ratio_max", "weight_share_max", "ess", "generator_loss"):
         assert all(math.isfinite(e[f"psi_mle/{key}"]) for e in logs), key
     assert 0 < logs[-1]["psi_mle/ess"] <= 1 + 1e-6
     # the logistic objective starts at 2·log 2 (r ≡ 1: zero head), and the ratio model learns

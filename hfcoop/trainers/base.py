@@ -35,19 +35,22 @@ from ..guards import (
     quarantine_checkpoint,
     resolve_resume,
 )
-from ..losses import token_logprobs
+from ..losses import masked_token_mean, scale_to_token_budget, token_logprobs
 from ..model_card import write_model_card
 from ..modeling import (
     CooperativePair,
+    PairInput,
     eos_token_ids,
     is_quantized,
     load_causal_lm,
     load_module_weights,
     load_tokenizer,
+    max_positions,
     prepare_quantized,
     resolve_init_kwargs,
     save_module,
     sequence_inputs,
+    unwrap_peft,
 )
 from ..shared_base import GENERATOR_ADAPTER, AdapterCompanion, check_shared_base_peft_config
 from ..sampling import build_generation_config, generation_mode, sample_completions
@@ -93,7 +96,7 @@ class CooperativeConfig(TrainingArguments):
         metadata={
             "help": "Optimizer steps at the start in which only the companion learns (generator frozen). The companion "
             "starts uninformative (CoT mediator = G, ratio r = 1, D = 1/2), so early generator steps get no signal "
-            "(CoT) or only noise (ψ-MLE, GCN). No gain measured at the oracle benchmark's quick budget (benchmarks/README)."
+            "(CoT) or only noise (ψ-MLE, GCN). Measured: benchmarks/README.md."
         },
     )
     save_companion: bool = field(
@@ -251,6 +254,15 @@ class CooperativeTrainer(Trainer):
     loss_is_scaled_for_ga = False
     samples_from_generator: bool = False  # True: each step samples from G (CoT, psi-MLE, GCN), so sampling settings apply
 
+    @classmethod
+    def resolve_config(cls, args: CooperativeConfig | None) -> CooperativeConfig:
+        """``args``, or the algorithm's default config when None; a config of another algorithm is refused."""
+        if args is None:
+            return cls.config_class(output_dir=f"hfcoop-{cls.algorithm}")
+        if not isinstance(args, cls.config_class):
+            raise TypeError(f"{cls.__name__} needs a {cls.config_class.__name__}, got {type(args).__name__}.")
+        return args
+
     def __init__(
         self,
         model: str | PreTrainedModel,
@@ -265,10 +277,7 @@ class CooperativeTrainer(Trainer):
         compute_metrics: Any = None,
         preprocess_logits_for_metrics: Any = None,
     ) -> None:
-        if args is None:
-            args = self.config_class(output_dir=f"hfcoop-{self.algorithm}")
-        elif not isinstance(args, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
+        args = self.resolve_config(args)
         # Cheap checks first: nothing is loaded or computed before the data and the Hub token are known good.
         if args.push_to_hub:
             check_hub_token(args.hub_token)
@@ -277,48 +286,9 @@ class CooperativeTrainer(Trainer):
         train_format = validate_dataset(train_dataset, "train_dataset")
         eval_format = validate_dataset(eval_dataset, "eval_dataset")
         self.data_format = train_format or eval_format
-        model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
-        self.base_model_id = model_id
-        init_kwargs = args.resolved_model_init_kwargs
-        tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
-                                   trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
-        if "conversational" in (train_format, eval_format):
-            check_chat_template(tokenizer)
-        if not isinstance(model, str) and args.model_init_kwargs:
-            warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
-        elif peft_config is None and "quantization_config" in init_kwargs:
-            raise ValueError(
-                "model_init_kwargs has a quantization_config but no peft_config was given: quantized weights cannot "
-                "be trained. Pass a LoraConfig (`use_peft: true` on the command line) for QLoRA."
-            )
-        generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
-        if peft_config is None and is_quantized(generator):
-            raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
-        # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
-        self.eos_token_ids = eos_token_ids(tokenizer, generator)
-        check_lengths(generator, args, self.data_format)
-        if args.shared_base:
-            generator, companion_module = self._shared_base_pair(companion, generator, tokenizer, peft_config, args)
-        else:
-            companion_module = self.build_companion(companion, generator, tokenizer, args)
-        if peft_config is not None and not args.shared_base:
-            from peft import get_peft_model
-
-            generator = get_peft_model(prepare_quantized(generator), peft_config)
-            if args.companion_peft and isinstance(companion_module, PreTrainedModel):
-                companion_config = copy.deepcopy(peft_config)
-                if not hasattr(companion_module, "generate"):  # a scorer: peft then also trains its new head
-                    companion_config.task_type = "SEQ_CLS"
-                companion_module = get_peft_model(prepare_quantized(companion_module), companion_config)
-        if companion_module is not None and is_quantized(companion_module) and not args.companion_peft:
-            raise ValueError(
-                f"The {self.companion_name} is quantized (companion_init_kwargs / the generator's model_init_kwargs "
-                "hold a quantization_config) but has no adapters to train: set `companion_peft: true` (with a "
-                "peft_config), or load it "
-                "unquantized with `companion_init_kwargs: {}`."
-            )
-        self.check_pair(generator, companion_module, tokenizer)
-        pair = CooperativePair(generator, companion_module)
+        generator, tokenizer = self._load_generator(model, processing_class, peft_config, args,
+                                                    "conversational" in (train_format, eval_format))  # fmt: skip
+        pair = self._build_pair(companion, generator, tokenizer, peft_config, args)
 
         def prepare(dataset: Any, fmt: Any) -> Any:
             if dataset is None:
@@ -346,6 +316,60 @@ class CooperativeTrainer(Trainer):
         )
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._checkpointing = False  # True while save_model writes a resumable checkpoint
+
+    def _load_generator(
+        self, model: Any, processing_class: Any, peft_config: Any, args: CooperativeConfig, conversational: bool
+    ) -> tuple[PreTrainedModel, Any]:
+        """(generator, tokenizer), checked: chat template, quantization only with adapters, lengths; sets
+        ``base_model_id`` and ``eos_token_ids``."""
+        model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+        self.base_model_id = model_id
+        init_kwargs = args.resolved_model_init_kwargs
+        tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
+                                   trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
+        if conversational:
+            check_chat_template(tokenizer)
+        if not isinstance(model, str) and args.model_init_kwargs:
+            warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
+        elif peft_config is None and "quantization_config" in init_kwargs:
+            raise ValueError(
+                "model_init_kwargs has a quantization_config but no peft_config was given: quantized weights cannot "
+                "be trained. Pass a LoraConfig (`use_peft: true` on the command line) for QLoRA."
+            )
+        generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
+        if peft_config is None and is_quantized(generator):
+            raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
+        # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
+        self.eos_token_ids = eos_token_ids(tokenizer, generator)
+        check_lengths(generator, args, self.data_format)
+        return generator, tokenizer
+
+    def _build_pair(
+        self, companion: Any, generator: PreTrainedModel, tokenizer: Any, peft_config: Any, args: CooperativeConfig
+    ) -> CooperativePair:
+        """The generator and its companion (built, adapted with PEFT where asked, checked) in one module."""
+        if args.shared_base:
+            generator, companion_module = self._shared_base_pair(companion, generator, tokenizer, peft_config, args)
+        else:
+            companion_module = self.build_companion(companion, generator, tokenizer, args)
+        if peft_config is not None and not args.shared_base:
+            from peft import get_peft_model
+
+            generator = get_peft_model(prepare_quantized(generator), peft_config)
+            if args.companion_peft and isinstance(companion_module, PreTrainedModel):
+                companion_config = copy.deepcopy(peft_config)
+                if not hasattr(companion_module, "generate"):  # a scorer: peft then also trains its new head
+                    companion_config.task_type = "SEQ_CLS"
+                companion_module = get_peft_model(prepare_quantized(companion_module), companion_config)
+        if companion_module is not None and is_quantized(companion_module) and not args.companion_peft:
+            raise ValueError(
+                f"The {self.companion_name} is quantized (companion_init_kwargs / the generator's model_init_kwargs "
+                "hold a quantization_config) but has no adapters to train: set `companion_peft: true` (with a "
+                "peft_config), or load it "
+                "unquantized with `companion_init_kwargs: {}`."
+            )
+        self.check_pair(generator, companion_module, tokenizer)
+        return CooperativePair(generator, companion_module)
 
     # ----------------------------------------------------------------- hooks for the algorithms
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module | None:
@@ -428,9 +452,9 @@ class CooperativeTrainer(Trainer):
             torch.manual_seed(self._sampling_seed())
             with generation_mode(generator, self.accelerator, self.model_wrapped) as g:
                 ids, mask = sample_completions(g, prompt_ids, prompt_mask, self.generation_config, num_return_sequences)
-        self.log_metric(f"{self.algorithm}/completion_length", mask.sum(1).float().mean())
+        self.log_metric("samples/completion_length", mask.sum(1).float().mean())
         eos = torch.tensor(self.eos_token_ids, device=ids.device)
-        self.log_metric(f"{self.algorithm}/eos_rate", torch.isin(ids, eos).any(1).float().mean())
+        self.log_metric("samples/eos_rate", torch.isin(ids, eos).any(1).float().mean())
         return ids, mask
 
     def _sampling_seed(self) -> int:
@@ -443,13 +467,21 @@ class CooperativeTrainer(Trainer):
 
     @staticmethod
     def lm_inputs(
-        prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
-    ) -> dict[str, Any]:
-        """Pair-forward arguments that return completion logits of a causal LM."""
-        return {
-            "inputs": sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask),
-            "completion_length": completion_ids.shape[1],
-        }
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        packed: bool = False,
+    ) -> PairInput:
+        """Pair-forward arguments that return completion logits of a causal LM, ``(B, C, V)``, or with ``packed``
+        only the masked-in tokens' logits, ``(N, V)`` (padding skips the LM head)."""
+        part = PairInput(
+            inputs=sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask),
+            completion_length=completion_ids.shape[1],
+        )
+        if packed:
+            part["completion_mask"] = completion_mask
+        return part
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -461,9 +493,7 @@ class CooperativeTrainer(Trainer):
             prompt_ids = inputs["prompt_input_ids"][:n]
             ids, mask = self.sample(prompt_ids, inputs["prompt_attention_mask"][:n])
             self.record_completions(prompt_ids, ids, mask)
-        # Per-sequence sums divided by the completion budget: a per-token scale that stays exact under
-        # gradient accumulation and DDP (a constant, unlike the batch's token count).
-        return loss / self.args.max_completion_length
+        return scale_to_token_budget(loss, self.args.max_completion_length)  # the one normalisation (losses.py)
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool, ignore_keys: Any = None
@@ -480,7 +510,7 @@ class CooperativeTrainer(Trainer):
             logits, _ = model(
                 generator=self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask)
             )
-            nll = -(token_logprobs(logits, ids) * mask).sum() / mask.sum().clamp(min=1)
+            nll = -masked_token_mean(token_logprobs(logits, ids), mask)
         if prediction_loss_only:
             return nll.detach(), None, None
         return nll.detach(), logits.detach(), ids.masked_fill(mask == 0, -100)
@@ -752,7 +782,7 @@ def has_active_dropout(module: nn.Module) -> bool:
         return False
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules()):
         return True
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    base = unwrap_peft(module)
     config = getattr(base, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     rates = [getattr(text, k, 0) for k in ("attention_dropout", "attn_dropout", "dropout")]
@@ -772,7 +802,7 @@ def check_hub_token(token: str | None) -> None:
 
 def check_lengths(generator: PreTrainedModel, args: CooperativeConfig, data_format: str | None) -> None:
     """Prompt + completion budgets must fit the model's positions (else an index error deep in the forward)."""
-    limit = getattr(generator.config.get_text_config(), "max_position_embeddings", None)
+    limit = max_positions(generator)
     if not limit:
         return
     if args.max_prompt_length is None:

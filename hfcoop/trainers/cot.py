@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..batching import concat_rows, pad_columns  # noqa: F401 (pad_columns: old import path)
 from ..distributed import copy_model
-from ..losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
+from ..losses import cot_generator_loss, masked_token_mean, mediator_loss, per_token_kl, token_logprobs
 from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
 from ..shared_base import add_companion_adapter
 from .base import CooperativeConfig, CooperativeTrainer
@@ -69,15 +70,9 @@ class CoTConfig(CooperativeConfig):
         super().__post_init__()
 
 
-def pad_columns(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads completion ids and mask to ``width`` columns."""
-    extra = width - ids.shape[1]
-    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
-
-
 class CoTTrainer(CooperativeTrainer):
-    """``CoTTrainer(model, mediator=None, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-    peft_config=None, callbacks=None)``.
+    """Cooperative Training: a generator and its mediator (the signature is ``__init__``'s; ``hfcoop.algorithms``
+    lists every trainer's companion argument).
 
     ``model`` and ``mediator`` are models or paths/Hub ids; ``mediator=None`` starts the mediator as a copy of
     the generator. Both must share the generator's vocabulary.
@@ -85,8 +80,7 @@ class CoTTrainer(CooperativeTrainer):
     Give an already trained generator a *stronger* mediator (CoT App.: "the mediator needs to be slightly
     stronger than the generator"), e.g. a larger model of the same family. A copy of a trained G sits near a fixed
     point: the best same-capacity fit of (p_data + G)/2 is about G, so KL(G‖M) — the generator's only signal —
-    stays near 0 (oracle benchmark: 0.002 nat/token, no gain over MLE; with a 2x-wide mediator 0.027 and a win
-    over MLE). Watch ``cot/kl_per_token``.
+    stays near 0 (measured on the oracle benchmark, see benchmarks/README.md). Watch ``cot/kl_per_token``.
     """
 
     config_class = CoTConfig
@@ -140,26 +134,19 @@ class CoTTrainer(CooperativeTrainer):
         pad_id = self.processing_class.pad_token_id
 
         # Mediator: one forward over the balanced batch {s_p} ∪ {s_g} (Alg. 1, lines 4-6).
-        width = max(real_ids.shape[1], gen_len)
-        real_ids_w, real_mask_w = pad_columns(real_ids, real_mask, width, pad_id)
-        gen_ids_w, gen_mask_w = pad_columns(gen_ids, gen_mask, width, pad_id)
-        med_ids, med_mask = torch.cat([real_ids_w, gen_ids_w]), torch.cat([real_mask_w, gen_mask_w])
-        med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask)
-        train_generator = self.is_generator_step()
-        gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask) if train_generator else None
-
+        med_ids, med_mask = concat_rows([(real_ids, real_mask), (gen_ids, gen_mask)], pad_id)
         # Packed logits: only the masked-in tokens go through the LM heads and the full-vocabulary losses ((N, V)
         # rows, row-major); per-token values are scattered back with zeros where the mask is 0, positions the
-        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (speed, issue 2).
-        med_part["completion_mask"] = med_mask
-        if gen_part is not None:
-            gen_part["completion_mask"] = gen_mask
+        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (benchmarks/README.md).
+        med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask, packed=True)
+        train_generator = self.is_generator_step()
+        gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask, packed=True) if train_generator else None
         gen_logits, med_logits = model(generator=gen_part, companion=med_part)
         med_logprobs = unpack_tokens(token_logprobs(med_logits, med_ids[med_mask.bool()]), med_mask)
-        loss_m = mediator_loss(med_logprobs[:batch], real_mask_w, med_logprobs[batch:], gen_mask_w)
+        loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
         self.log_metric("mediator/balanced_nll", loss_m)  # Sec. 4.1.2: the live progress indicator
-        self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * real_mask_w).sum(-1).mean())
-        self.log_metric("mediator/nll_generated", -(med_logprobs[batch:] * gen_mask_w).sum(-1).mean())
+        self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
+        self.log_metric("mediator/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
         if not train_generator:  # no generator logits this step: the table shows the samples without their KL
             self.record_completions(prompt_ids, gen_ids, gen_mask)
             return loss_m
@@ -180,7 +167,7 @@ class CoTTrainer(CooperativeTrainer):
             gen_logprobs = unpack_tokens(token_logprobs(gen_logits, gen_ids[gen_mask.bool()]), gen_mask)
         loss_g = cot_generator_loss(kl, gen_mask, gen_logprobs, self.args.gamma)
         self.log_metric("cot/generator_loss", loss_g)
-        self.log_metric("cot/kl_per_token", (kl.detach() * gen_mask).sum() / gen_mask.sum().clamp(min=1))
+        self.log_metric("cot/kl_per_token", masked_token_mean(kl.detach(), gen_mask))
         kl_per_sample = (kl.detach() * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
         self.record_completions(prompt_ids, gen_ids, gen_mask, kl_per_token=kl_per_sample)
         return loss_m + loss_g

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..batching import pad_to_common_width
 from ..cooperative_decoding import mcts_decode, resample_indices, resample_log_weights
 from ..losses import (
     GCN_SAMPLERS,
@@ -41,13 +42,13 @@ from ..losses import (
     effective_sample_size,
     gcn_log_weights,
     importance_weights,
+    in_token_sum_units,
     token_logprobs,
     weighted_nll_loss,
 )
 from ..sampling import generation_mode
 from ..scorers import ScorerCompanionMixin, SequenceScorer, scorer_logits
 from .base import CooperativeConfig, CooperativeTrainer
-from .cot import pad_columns
 
 GCN_CITATION = """@inproceedings{lamprier2022gcn,
   title     = {Generative Cooperative Networks for Natural Language Generation},
@@ -136,8 +137,7 @@ class GCNConfig(CooperativeConfig):
 
 
 class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
-    """``GCNTrainer(model, discriminator=None, args=None, train_dataset=None, eval_dataset=None,
-    processing_class=None, peft_config=None, callbacks=None)``.
+    """Generative Cooperative Networks: weighted MLE on proposals scored by a discriminator (signature: ``__init__``).
 
     ``discriminator``: a single-logit ``AutoModelForSequenceClassification`` or its path/Hub id
     (``D = sigmoid(logit)``, scoring the completion given the prompt); None builds it from the generator's own
@@ -211,7 +211,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 top_k=args.mcts_top_k, c_puct=args.c_puct, temperature=args.temperature,
                 visit_temperature=args.mcts_visit_temperature, filter_top_k=args.top_k, top_p=args.top_p,
             )  # fmt: skip
-        self.log_metric("gcn/mcts_completion_length", mask.sum(1).float().mean())
+        self.log_metric("samples/mcts_completion_length", mask.sum(1).float().mean())
         return neg_ids, neg_mask, ids, mask, rows
 
     # ----------------------------------------------------------------- one step
@@ -221,22 +221,15 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
         batch = real_ids.shape[0]
         train_generator = self.generator_learns()
-        if train_generator:
-            neg_ids, neg_mask, train_ids, train_mask, train_rows = self.sample_proposal(prompt_ids, prompt_mask)
-        else:  # companion warm-up: D alone, on the plain p_theta negatives it always sees (no q̂ search)
-            k = args.num_candidates if args.sampler == "model" else 1
-            neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask, k)
-            train_rows = torch.arange(batch, device=neg_ids.device).repeat_interleave(k)
-            train_ids, train_mask = neg_ids[:0], neg_mask[:0]
+        samples = self._step_samples(prompt_ids, prompt_mask, train_generator)
+        neg_ids, neg_mask, train_ids, train_mask, train_rows = samples
         n_train = train_ids.shape[0]
         neg_rows = train_rows if args.sampler == "model" else torch.arange(batch, device=neg_ids.device)
 
         # D: real vs generated (step 2). Generator: q̂ samples (step 4) and, with λ > 0, the real batch (MLE).
-        pad_id = self.processing_class.pad_token_id
-        width = max(real_ids.shape[1], neg_ids.shape[1], train_ids.shape[1])
-        real_ids, real_mask = pad_columns(real_ids, real_mask, width, pad_id)
-        neg_ids, neg_mask = pad_columns(neg_ids, neg_mask, width, pad_id)
-        train_ids, train_mask = pad_columns(train_ids, train_mask, width, pad_id)
+        (real_ids, real_mask), (neg_ids, neg_mask), (train_ids, train_mask) = pad_to_common_width(
+            [(real_ids, real_mask), (neg_ids, neg_mask), (train_ids, train_mask)], self.processing_class.pad_token_id
+        )
         d_rows = torch.cat([torch.arange(batch, device=neg_rows.device), neg_rows])
         d_part = self.companion_inputs(
             prompt_ids[d_rows], prompt_mask[d_rows], torch.cat([real_ids, neg_ids]), torch.cat([real_mask, neg_mask])
@@ -247,6 +240,37 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             g_rows = torch.cat([train_rows, torch.arange(batch, device=train_rows.device)])
         g_part = self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask) if train_generator else None
         gen_logits, d_logits = model(generator=g_part, companion=d_part)
+        d_gen, loss_d = self._discriminator_step(d_logits, batch, prompt_ids[neg_rows], neg_ids, neg_mask)
+        if not train_generator:
+            return loss_d
+
+        # Weighted MLE on q̂'s samples with self-normalised w = q/q̂ (see the module docstring).
+        d_train = torch.zeros(n_train, device=d_gen.device)
+        if args.sampler == "model":  # D of the samples, from a dropout-free forward (D's own loss keeps dropout)
+            d_train = d_gen.detach()
+            if self.companion_signal_needs_eval_forward():
+                with self.companion_eval() as discriminator:
+                    d_train = scorer_logits(discriminator, self.companion_inputs(
+                        prompt_ids[neg_rows], prompt_mask[neg_rows], neg_ids, neg_mask)["inputs"])  # fmt: skip
+        return self._generator_loss(token_logprobs(gen_logits, g_ids) * g_mask, n_train, d_train, train_rows) + loss_d
+
+    def _step_samples(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, train_generator: bool
+    ) -> tuple[torch.Tensor, ...]:
+        """(D's negatives ids, mask, the generator's q̂ samples ids, mask, their prompt rows)."""
+        if train_generator:
+            return self.sample_proposal(prompt_ids, prompt_mask)
+        # Companion warm-up: D alone, on the plain p_theta negatives it always sees (no q̂ search).
+        k = self.args.num_candidates if self.args.sampler == "model" else 1
+        neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask, k)
+        train_rows = torch.arange(prompt_ids.shape[0], device=neg_ids.device).repeat_interleave(k)
+        return neg_ids, neg_mask, neg_ids[:0], neg_mask[:0], train_rows
+
+    def _discriminator_step(
+        self, d_logits: torch.Tensor, batch: int, neg_prompts: torch.Tensor, neg_ids: torch.Tensor,
+        neg_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(D's logits on the negatives, D's loss in token-sum units), logged; the real rows come first."""
         d_logits = d_logits.squeeze(-1).float()
         if not torch.isfinite(d_logits).all():
             raise FloatingPointError(
@@ -259,38 +283,31 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             self.log_metric("gcn/d_accuracy", 0.5 * ((d_real > 0).float().mean() + (d_gen < 0).float().mean()))
             self.log_metric("gcn/d_real", torch.sigmoid(d_real).mean())
             self.log_metric("gcn/d_generated", torch.sigmoid(d_gen).mean())
-            # D of the plain p_theta samples (the generator's own); their prompts are rows neg_rows of the batch.
-            self.record_completions(prompt_ids[neg_rows], neg_ids, neg_mask, D=torch.sigmoid(d_gen))
-        # D's loss is per sequence; base divides by the completion budget (token sums -> per token).
-        loss_d = args.max_completion_length * loss_d
-        if not train_generator:
-            return loss_d
+            # D of the plain p_theta samples (the generator's own), beside their prompts.
+            self.record_completions(neg_prompts, neg_ids, neg_mask, D=torch.sigmoid(d_gen))
+        return d_gen, in_token_sum_units(loss_d, self.args.max_completion_length)  # per sequence (losses.py)
 
-        # Weighted MLE on q̂'s samples with self-normalised w = q/q̂ (see the module docstring).
-        d_train = torch.zeros(n_train, device=d_gen.device)
-        if args.sampler == "model":  # D of the samples, from a dropout-free forward (D's own loss keeps dropout)
-            d_train = d_gen.detach()
-            if self.companion_signal_needs_eval_forward():
-                with self.companion_eval() as discriminator:
-                    d_train = scorer_logits(discriminator, self.companion_inputs(
-                        prompt_ids[neg_rows], prompt_mask[neg_rows], neg_ids, neg_mask)["inputs"])  # fmt: skip
+    def _generator_loss(
+        self, logprobs: torch.Tensor, n_train: int, d_train: torch.Tensor, train_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """(1 - λ) weighted NLL of the first ``n_train`` rows (q̂'s samples, weights from D) + λ NLL of the rest (the
+        real batch); ``logprobs`` are masked per-token log-probabilities."""
+        args = self.args
         log_w = gcn_log_weights(d_train, args.weighting, args.sampler)
         groups = torch.zeros_like(train_rows) if self.data_format == "text" else train_rows
         weights = importance_weights(log_w, groups=groups)
         update_weights = baseline_weights(weights, groups) if args.weight_baseline else weights
-        logprobs = token_logprobs(gen_logits, g_ids) * g_mask
         loss_gcn = weighted_nll_loss(logprobs[:n_train].sum(-1), update_weights)
         loss_g = (1 - args.mle_weight) * loss_gcn
         if args.mle_weight > 0:
             loss_mle = -logprobs[n_train:].sum(-1).mean()
             self.log_metric("gcn/mle_nll", loss_mle.detach())
             loss_g = loss_g + args.mle_weight * loss_mle
-
         with torch.no_grad():
             raw = torch.exp(log_w)
             self.log_metric("gcn/generator_loss", loss_gcn.detach())
             self.log_metric("gcn/weight_mean", raw.mean())
             self.log_metric("gcn/weight_max", raw.max())
             self.log_metric("gcn/ess", effective_sample_size(weights))
-        return loss_g + loss_d
+        return loss_g
 

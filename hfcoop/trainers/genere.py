@@ -59,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -74,6 +75,7 @@ from ..losses import (
     genere_gamma_update,
     genere_mixture_proportions,
     genere_sampling_probs,
+    masked_token_mean,
     mle_loss,
     token_logprobs,
 )
@@ -108,11 +110,19 @@ class GenereConfig(CooperativeConfig):
             "(0: plain MLE; inf: generated rows only)."
         },
     )
-    generator_learning_rate: float = field(
+    mixture_learning_rate: float = field(
         default=0.1,
         metadata={
-            "help": "η_γ: step size of the REINFORCE update of γ, once per optimizer step (the paper's 0.1). Advantages "
-            "are log-likelihoods in nats (per token by default, see likelihood_normalization)."
+            "help": "η_γ: step size of the REINFORCE update of the mixture logits γ, once per optimizer step (the "
+            "paper's 0.1; the LM's own rate is learning_rate). Advantages are log-likelihoods in nats (per token by "
+            "default, see likelihood_normalization)."
+        },
+    )
+    generator_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated name of mixture_learning_rate (the paper's 'generator' is the mixture of black-box "
+            "data generators, not the LM): still accepted, with a warning."
         },
     )
     likelihood_normalization: str = field(
@@ -153,6 +163,25 @@ class GenereConfig(CooperativeConfig):
         metadata={"help": "Monte Carlo draws of Δ for the learned proportions π_k = E[softmax_k(γ+Δ)]."},
     )
 
+    def _resolve_deprecated_names(self) -> None:
+        """``generator_learning_rate`` (old name) sets ``mixture_learning_rate`` and warns; both at once is an error
+        unless they agree."""
+        if self.generator_learning_rate is None:
+            return
+        default = type(self).__dataclass_fields__["mixture_learning_rate"].default
+        if self.mixture_learning_rate not in (default, self.generator_learning_rate):
+            raise ValueError(
+                f"generator_learning_rate ({self.generator_learning_rate}) is the old name of mixture_learning_rate "
+                f"({self.mixture_learning_rate}): set only mixture_learning_rate."
+            )
+        warnings.warn(
+            "GenereConfig.generator_learning_rate is deprecated: it is the step size of the mixture logits γ, now "
+            "named mixture_learning_rate.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        self.mixture_learning_rate = self.generator_learning_rate
+
     def __post_init__(self) -> None:
         if not (self.generative_weight >= 0):  # also rejects NaN
             raise ValueError(f"generative_weight (λ) must be >= 0 (or inf), got {self.generative_weight}.")
@@ -160,8 +189,9 @@ class GenereConfig(CooperativeConfig):
             raise ValueError(f"baseline_smoothing (α) must be in [0, 1), got {self.baseline_smoothing}.")
         if not self.perturbation_std > 0:
             raise ValueError(f"perturbation_std (σ) must be > 0, got {self.perturbation_std}.")
-        if not self.generator_learning_rate >= 0:
-            raise ValueError(f"generator_learning_rate (η_γ) must be >= 0, got {self.generator_learning_rate}.")
+        self._resolve_deprecated_names()
+        if not self.mixture_learning_rate >= 0:
+            raise ValueError(f"mixture_learning_rate (η_γ) must be >= 0, got {self.mixture_learning_rate}.")
         if not 0.0 < self.mixture_shrinkage <= 1.0:
             raise ValueError(f"mixture_shrinkage must be in (0, 1], got {self.mixture_shrinkage}.")
         if self.likelihood_normalization not in LIKELIHOOD_NORMALIZATIONS:
@@ -180,8 +210,8 @@ _REQUIRED_KEYS = {"text": ("text",), "prompt_completion": ("prompt", "completion
 
 
 class GenereTrainer(CooperativeTrainer):
-    """``GenereTrainer(model, generators, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
-    peft_config=None, callbacks=None)``.
+    """GENERE (black-box variant): MLE on real rows mixed with rows of a learned mixture of data generators
+    (signature: ``__init__``).
 
     ``generators`` is a list of K black-box callables ``generator(rng: random.Random) -> row``, where ``row`` is a
     dict in the dataset's format (``{"text": str}``, ``{"prompt": str, "completion": str}``, or for conversational
@@ -200,10 +230,7 @@ class GenereTrainer(CooperativeTrainer):
     def __init__(self, model, generators, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  peft_config=None, callbacks=None, optimizers=(None, None), compute_metrics=None,
                  preprocess_logits_for_metrics=None) -> None:  # fmt: skip
-        if args is None:
-            args = GenereConfig(output_dir=f"hfcoop-{self.algorithm}")
-        elif not isinstance(args, GenereConfig):
-            raise TypeError(f"{type(self).__name__} needs a GenereConfig, got {type(args).__name__}.")
+        args = self.resolve_config(args)  # before the generators are checked against the data
         # Cheap checks before anything is loaded: the data format, then every generator against it.
         fmt = validate_dataset(train_dataset, "train_dataset") or validate_dataset(eval_dataset, "eval_dataset")
         self.generators, self.generator_format = self._check_generators(generators, fmt, args.seed)
@@ -362,7 +389,7 @@ class GenereTrainer(CooperativeTrainer):
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         logits, _ = model(generator=self.lm_inputs(prompt_ids, prompt_mask, ids, mask))
         logprobs = token_logprobs(logits, ids)
-        self.log_metric("genere/nll_per_token", -(logprobs * mask).sum() / mask.sum().clamp(min=1))
+        self.log_metric("genere/nll_per_token", -masked_token_mean(logprobs, mask))
         loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
         if active:
             row_logprobs = (logprobs.detach() * mask).sum(-1).to("cpu", torch.float64)
@@ -395,7 +422,7 @@ class GenereTrainer(CooperativeTrainer):
                 torch.cat([scores.sum(0), torch.stack([torch.tensor(float(len(gen_logprobs))), gen_logprobs.sum()])])
             )
             score_sum, count, gen_sum = stats[:k], float(stats[k]), stats[k + 1]
-            self._gamma = genere_gamma_update(self._gamma, score_sum, count, self.args.generator_learning_rate,
+            self._gamma = genere_gamma_update(self._gamma, score_sum, count, self.args.mixture_learning_rate,
                                               self.args.mixture_shrinkage)  # fmt: skip
             self._baseline = genere_baseline_update(self._baseline, step_mean, self.args.baseline_smoothing)
             self.log_metric("genere/baseline", float(self._baseline))

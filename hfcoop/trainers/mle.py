@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..losses import mle_loss, token_logprobs
+from ..losses import masked_token_mean, mle_loss, token_logprobs
 from ..modeling import unpack_tokens
 from .base import CooperativeConfig, CooperativeTrainer
 
@@ -21,7 +21,8 @@ class MLEConfig(CooperativeConfig):
 
 
 class MLETrainer(CooperativeTrainer):
-    """``MLETrainer(model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, peft_config=None)``."""
+    """Maximum likelihood on the real completions: the baseline every cooperative trainer is compared with
+    (signature: ``__init__``; no companion)."""
 
     config_class = MLEConfig
     algorithm = "mle"
@@ -35,11 +36,10 @@ class MLETrainer(CooperativeTrainer):
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
-        part = self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask)
         # Packed logits of the real tokens only (padding skips the LM head); zeros at masked positions, which the
-        # loss multiplies by 0 anyway: same values, less work (speed, issue 2).
-        part["completion_mask"] = mask
+        # loss multiplies by 0 anyway: same values, less work (benchmarks/README.md).
+        part = self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask, packed=True)
         logits, _ = model(generator=part)
         logprobs = unpack_tokens(token_logprobs(logits, ids[mask.bool()]), mask)
-        self.log_metric("mle/nll_per_token", -(logprobs * mask).sum() / mask.sum().clamp(min=1))
+        self.log_metric("mle/nll_per_token", -masked_token_mean(logprobs, mask))
         return mle_loss(logprobs, mask)

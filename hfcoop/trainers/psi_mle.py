@@ -23,18 +23,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..batching import concat_rows
 from ..losses import (
     BREGMAN_FUNCTIONS,
     density_ratio_loss,
     effective_sample_size,
     importance_weights,
+    in_token_sum_units,
     mixture_to_data_log_ratio,
     token_logprobs,
     weighted_nll_loss,
 )
 from ..scorers import ScorerCompanionMixin, scorer_logits
 from .base import CooperativeConfig, CooperativeTrainer
-from .cot import pad_columns
 
 PSI_MLE_CITATION = """@inproceedings{song2020psimle,
   title     = {Improving Maximum Likelihood Training for Text Generation with Density Ratio Estimation},
@@ -129,8 +130,7 @@ def check_finite_log_ratios(log_ratio: torch.Tensor, what: str = "ratio model") 
 
 
 class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
-    """``PsiMLETrainer(model, ratio_model=None, args=None, train_dataset=None, eval_dataset=None,
-    processing_class=None, peft_config=None, callbacks=None)``.
+    """ψ-MLE: MLE on the data/model mixture, bias-corrected by a learned density ratio (signature: ``__init__``).
 
     ``ratio_model``: a single-logit ``AutoModelForSequenceClassification`` or its path/Hub id (its logit is
     ``log r_ψ``); None builds it from the generator's own weights with a zero head (``r ≡ 1`` at the start, so
@@ -166,11 +166,7 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
 
         # One batch {y} ∪ {x}: the ratio model scores all of it; the generator trains on the rows of nonzero mixture
         # weight (both unless m is 0 or 1).
-        width = max(real_ids.shape[1], gen_ids.shape[1])
-        pad_id = self.processing_class.pad_token_id
-        real_ids_w, real_mask_w = pad_columns(real_ids, real_mask, width, pad_id)
-        gen_ids_w, gen_mask_w = pad_columns(gen_ids, gen_mask, width, pad_id)
-        ids, mask = torch.cat([real_ids_w, gen_ids_w]), torch.cat([real_mask_w, gen_mask_w])
+        ids, mask = concat_rows([(real_ids, real_mask), (gen_ids, gen_mask)], self.processing_class.pad_token_id)
         prompts, prompts_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
         mix = torch.cat([ids.new_full((batch,), 1) * m, ids.new_full((batch,), 1) * (1 - m)]).float() / batch
         rows = torch.nonzero(mix > 0).squeeze(1)
@@ -196,8 +192,7 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         self.log_metric("psi_mle/ratio_mean_generated", ratio[batch:].mean())
         self.log_metric("psi_mle/ratio_max", ratio.max())
         self.record_completions(prompt_ids, gen_ids, gen_mask, r=ratio[batch:])
-        # The Bregman objective is per sequence; base divides by the completion budget (token sums -> per token).
-        loss_r = args.max_completion_length * loss_r
+        loss_r = in_token_sum_units(loss_r, args.max_completion_length)  # per sequence already (losses.py)
         if not train_generator:
             return loss_r
 
@@ -215,6 +210,6 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         loss_g = weighted_nll_loss(seq_logprobs, weights)
 
         self.log_metric("psi_mle/generator_loss", loss_g.detach())
-        self.log_metric("psi_mle/weight_max", (weights / weights.sum()).max())  # share of the heaviest sequence
+        self.log_metric("psi_mle/weight_share_max", (weights / weights.sum()).max())  # normalised: heaviest share
         self.log_metric("psi_mle/ess", effective_sample_size(weights))  # Kish ESS / n of the weighted estimate
         return loss_g + loss_r

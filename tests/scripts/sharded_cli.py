@@ -62,7 +62,7 @@ ALGORITHM_FLAGS = {
     "cot": [],  # mediator = None: the default copy of the generator (partitioned under ZeRO-3)
     "psi_mle": ["--ratio_learning_rate", "0.5"],
     "gcn": ["--mle_weight", "0.5", "--discriminator_learning_rate", "0.5"],
-    "genere": ["--generators", "sharded_cli:GENERATORS", "--generative_weight", "1.0", "--generator_learning_rate",
+    "genere": ["--generators", "sharded_cli:GENERATORS", "--generative_weight", "1.0", "--mixture_learning_rate",
                "0.05"],
 }  # fmt: skip
 

@@ -1,0 +1,50 @@
+"""The algorithm registry (hfcoop.algorithms) is the one table the CLI, the benchmarks and the docs read."""
+
+import os
+import sys
+
+from hfcoop.algorithms import ALGORITHMS, by_label
+from hfcoop.cli import _algorithm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_entries_agree_with_their_trainer_classes():
+    for name, algorithm in ALGORITHMS.items():
+        trainer_cls = algorithm.trainer_cls
+        assert trainer_cls.algorithm == name
+        assert _algorithm(name) == (trainer_cls.config_class, trainer_cls)
+        assert algorithm.title == trainer_cls.algorithm_title
+        argument = algorithm.companion_argument
+        if algorithm.companion_source == "companion_name_or_path":  # a model companion, saved under its name
+            assert argument == trainer_cls.companion_name
+        assert algorithm.companion_kwargs("x") == ({} if argument is None else {argument: "x"})
+    assert ALGORITHMS["mle"].companion_argument is None
+    assert ALGORITHMS["genere"].companion_argument == "generators"
+    assert by_label("CoT (scratch)") is ALGORITHMS["cot"]
+
+
+def test_benchmarks_read_the_registry():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    for label in common.ALGORITHMS:
+        assert common.trainer_classes(label) == (by_label(label).config_cls, by_label(label).trainer_cls)
+
+
+def test_readme_names_every_algorithm():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert f"hfcoop train <{'|'.join(ALGORITHMS)}>" in readme  # the usage line lists the registry, in its order
+
+
+def test_old_task_module_path_still_resolves():
+    """Recipes name `generators: hfcoop.genere_tasks:EQUATION_GENERATORS`; the task moved to hfcoop/tasks/."""
+    import importlib
+
+    from hfcoop.tasks import text_to_equation
+
+    old = importlib.import_module("hfcoop.genere_tasks")
+    assert old is text_to_equation and old.EQUATION_GENERATORS is text_to_equation.EQUATION_GENERATORS
