@@ -595,12 +595,23 @@ class GenerateArguments:
     num_simulations: int = field(default=16, metadata={"help": "mcts: simulations per token."})
 
 
-def generation_requests(a: Any) -> list[dict[str, str]]:
-    """One ``{"prompt", ["reference"]}`` per sample to draw, from the dataset, the prompts file or BOS."""
+def generation_requests(a: Any, tokenizer: Any = None, eos_ids: list[int] | None = None) -> list[dict[str, str]]:
+    """One ``{"prompt", ["reference"]}`` per sample to draw, from the dataset, the prompts file or BOS.
+
+    Conversational rows (``messages``, or message-list prompt/completion) are rendered by the tokenizer's chat
+    template exactly as training renders them; their prompts carry the template's special tokens verbatim."""
     if a.dataset_name and a.prompts_file:
         raise SystemExit("hfcoop: give either --dataset_name or --prompts_file, not both.")
     if a.dataset_name:
+        from .data import is_conversational, render_conversational_dataset
+
         dataset = eval_dataset_from(a)
+        if len(dataset) and is_conversational(dataset[0]):
+            dataset = render_conversational_dataset(dataset, tokenizer, eos_ids)
+            clean = [tokenizer.decode(tokenizer(r["completion"], add_special_tokens=False)["input_ids"],
+                                      skip_special_tokens=True).strip() for r in dataset]  # the answer, not its markup
+            return [{"prompt": r["prompt"], "reference": ref, "chat": True}
+                    for r, ref in zip(dataset, clean) for _ in range(a.num_samples or 1)]  # fmt: skip
         if "prompt" not in dataset.column_names:
             raise SystemExit("hfcoop: generate --dataset_name needs prompt/completion rows (or a --task preset that "
                              "makes them); for unconditional samples leave out the dataset.")  # fmt: skip
@@ -626,12 +637,12 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
         raise SystemExit(f"hfcoop: unknown decoding '{a.decoding}'. Choose sample, resample or mcts.")
     if a.decoding != "sample" and not a.discriminator_name_or_path:
         raise SystemExit(f"hfcoop: --decoding {a.decoding} needs --discriminator_name_or_path.")
-    requests = generation_requests(a)
     torch.manual_seed(a.seed)
     model = load_causal_lm(a.model_name_or_path)
     tokenizer = load_tokenizer(None, a.model_name_or_path)
-    config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
-                                     eos_token_ids(tokenizer, model))  # fmt: skip
+    eos_ids = eos_token_ids(tokenizer, model)
+    requests = generation_requests(a, tokenizer, eos_ids)
+    config = build_generation_config(tokenizer, a.max_new_tokens, a.temperature, a.top_k, a.top_p, eos_ids)
     completions: list[str] = []
     if a.decoding != "sample":
         from .cooperative_decoding import cooperative_generate
@@ -658,8 +669,9 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
         with generation_mode(model) as g:
             for start in range(0, len(requests), a.batch_size):
                 batch = requests[start : start + a.batch_size]
-                ids = [tokenizer(r["prompt"])["input_ids"][-limit:] if r["prompt"] else [start_token_id(tokenizer)]
-                       for r in batch]  # fmt: skip
+                # Chat prompts already hold the template's special tokens: not added twice.
+                ids = [tokenizer(r["prompt"], add_special_tokens=not r.get("chat"))["input_ids"][-limit:]
+                       if r["prompt"] else [start_token_id(tokenizer)] for r in batch]  # fmt: skip
                 prompt_ids, prompt_mask = pad_left(ids, tokenizer.pad_token_id)
                 out, _ = sample_completions(g, prompt_ids, prompt_mask, config)
                 completions += tokenizer.batch_decode(out, skip_special_tokens=True)

@@ -284,3 +284,23 @@ def main_sweep(argv: list[str]) -> list[dict]:
     from hfcoop.cli import sweep_cli
 
     return sweep_cli(argv)
+
+
+def test_generate_from_conversational_rows(chat_lm, tok, tmp_path, capsys):
+    """`hfcoop generate --dataset_name` on chat rows: prompts rendered by the template (as training renders them,
+    special tokens not added twice), completions stop at the end-of-turn id, references are the plain answers."""
+    from hfcoop.cli import main
+
+    out = tmp_path / "gen.jsonl"
+    main(["generate", "--model_name_or_path", chat_lm, "--dataset_name", CHAT_TEST, "--max_eval_samples", "3",
+          "--max_new_tokens", "8", "--output_file", str(out)])  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    test_rows = [json.loads(line) for line in open(CHAT_TEST)][:3]
+    assert len(rows) == 3
+    for row, source in zip(rows, test_rows):
+        rendered = tok.apply_chat_template(source["prompt"], tokenize=False, add_generation_prompt=True)
+        assert row["prompt"] == rendered
+        answer = source["completion"][0]["content"]  # as the word-level tokenizer spells it (lower case, no OOV words)
+        assert row["reference"] == tok.decode(tok(answer, add_special_tokens=False)["input_ids"],
+                                              skip_special_tokens=True).strip()  # fmt: skip
+        assert TURN_END not in row["reference"] and isinstance(row["completion"], str)
