@@ -273,12 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             r = rows[name]
             print(f"{name}: peak RSS {r['peak_rss_mib']:.0f} MiB (Δ {r['peak_rss_mib'] - r['rss_before_mib']:.0f}), "
                   f"GPU {r['peak_gpu_mib']}, {r['seconds']:.0f} s", flush=True)  # fmt: skip
-    text = render(args, assets, rows, time.time() - t0)
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+    speed.publish(render(args, assets, rows, time.time() - t0), args.output)
 
 
 if __name__ == "__main__":

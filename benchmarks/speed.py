@@ -791,11 +791,15 @@ def main(argv: list[str] | None = None) -> None:
     scaling = measure_scaling(args, assets) if args.scaling else None
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = render(args, assets, measurements, time.time() - t_start, scaling)
+    publish(render(args, assets, measurements, time.time() - t_start, scaling), args.output)
+
+
+def publish(text: str, output: str | None) -> None:
+    """Prints a report and writes it to ``output`` (its folder created) when one is given."""
     print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w", encoding="utf-8") as f:
             f.write(text)
 
 
