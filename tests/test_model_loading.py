@@ -5,7 +5,6 @@ bitsandbytes (>= 0.50 here) ships CPU kernels for 4-bit (NF4/FP4) matmuls, so th
 skipped only where bitsandbytes is not installed (it is in the `dev` and `quantization` extras; verified with 0.50.2).
 """
 
-import importlib.util
 import json
 import math
 
@@ -17,7 +16,6 @@ from transformers import BitsAndBytesConfig
 from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, MLEConfig, MLETrainer, PsiMLEConfig, PsiMLETrainer
 from hfcoop.modeling import is_quantized, resolve_init_kwargs
 
-needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 QUANT_4BIT = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"}
 
 
@@ -80,7 +78,6 @@ def _packed(module):
     return {n: p.detach().clone() for n, p in module.named_parameters() if p.dtype == torch.uint8}
 
 
-@needs_bnb
 def test_qlora_cot_trains_adapters_on_4bit_generator_and_mediator(tiny_lm, coco_text, tmp_path):
     # bf16 checkpoint weights: QLoRA's preparation upcasts what stays unquantized (norms, embeddings) to float32.
     args = small_args(CoTConfig, tmp_path, learning_rate=1e-2, mediator_learning_rate=1e-2, companion_peft=True,
@@ -109,7 +106,6 @@ def test_qlora_cot_trains_adapters_on_4bit_generator_and_mediator(tiny_lm, coco_
     assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
 
 
-@needs_bnb
 @pytest.mark.parametrize("companion_peft", [True, False])
 def test_qlora_gcn_discriminator_in_4bit(tiny_lm, coco_prompt_completion, tmp_path, companion_peft):
     args = small_args(GCNConfig, tmp_path, num_candidates=2, learning_rate=1e-2, discriminator_learning_rate=1e-2,
@@ -133,7 +129,6 @@ def test_qlora_gcn_discriminator_in_4bit(tiny_lm, coco_prompt_completion, tmp_pa
     assert is_quantized(trainer.pair.generator) and not is_quantized(trainer.pair.companion)
 
 
-@needs_bnb
 def test_qlora_on_chat_data_through_the_cli(tmp_path):
     """The issue's "done when": an instruct-style model on `messages` data, QLoRA through TRL's YAML keys."""
     import os
