@@ -90,13 +90,18 @@ def _algorithm(name: str) -> tuple[type, type]:
     return ALGORITHMS[name].config_cls, ALGORITHMS[name].trainer_cls
 
 
+def config_path(argv: list[str]) -> str | None:
+    """The ``--config`` file named on the command line (``--config x.yaml`` or ``--config=x.yaml``), if any."""
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    return config or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+
+
 def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]:
     """YAML ``--config`` + flags into dataclasses; unknown fields and bad YAML are clear errors."""
     import yaml
     from trl import TrlParser
 
-    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
-    config = config or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    config = config_path(argv)
     if config is not None and not os.path.isfile(config):
         hint = " (recipe paths are relative to the repository root: run from there)" if not os.path.isabs(config) else ""
         raise SystemExit(f"hfcoop: the --config file '{config}' does not exist{hint}.")
@@ -192,7 +197,7 @@ def _texts_of(value: Any) -> list[str]:
 def resolve_recipe_paths(script: ScriptArguments, argv: list[str]) -> None:
     """Recipe data paths are written relative to the repository root; run from elsewhere, a path that does not exist
     from the current folder is looked up from the recipe's folder upwards (a Hub id is left alone)."""
-    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    config = config_path(argv)
     if config is None:
         return
     for name in ("dataset_name", "eval_dataset_name"):
