@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = dict(
                 seconds=seconds, s_per_step=seconds / a.steps, companion_params=common.count_parameters(trainer.pair.companion),
                 nll_test=nll, at_one=at_one, sweep=sweep, curve=pre_curve + cb.history, examples=examples,
-                logs=common.last_logged(trainer, name),
+                logs=common.last_logged(trainer),
             )  # fmt: skip
             print(f"{name}: {a.steps} steps in {seconds:.0f} s; BLEU-2..5 "
                   + " ".join(f"{at_one[f'bleu-{n}']:.3f}" for n in ORDERS) + "; Self-BLEU-2..5 "

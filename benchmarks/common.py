@@ -238,17 +238,15 @@ def count_parameters(module: torch.nn.Module | None) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
-LOG_PREFIXES = {"MLE": ("mle/", "samples/"), "CoT": ("cot/", "mediator/", "samples/"), "ψ-MLE": ("psi_mle/", "samples/"),
-                "GCN": ("gcn/", "samples/")}
+LOG_PREFIXES = ("generator/", "companion/", "samples/")  # the roles of ARCHITECTURE.md's metric table
 
 
-def last_logged(trainer: Any, name: str) -> dict[str, float]:
-    """The last logged value of every metric of algorithm ``name`` (its :data:`LOG_PREFIXES`)."""
-    prefixes = LOG_PREFIXES[name.split(" ")[0]]
+def last_logged(trainer: Any) -> dict[str, float]:
+    """The last logged value of every trainer metric (:data:`LOG_PREFIXES`) of the run."""
     out: dict[str, float] = {}
     for entry in trainer.state.log_history:
         for key, value in entry.items():
-            if key.startswith(prefixes) and isinstance(value, (int, float)):
+            if key.startswith(LOG_PREFIXES) and isinstance(value, (int, float)):
                 out[key] = float(value)
     return out
 

@@ -202,7 +202,7 @@ def run_seed(task: str, data: dict, a, seed: int, tmp: str) -> dict:
         nll = reference_nll(g, tokenizer, [r["completion"] for r in test], prompts=prompts, batch_size=64,
                             max_prompt_length=lengths["prompt_len"])["nll_per_token"]  # fmt: skip
         row = {**scores(greedy, references), "self_bleu4": self_bleu4(samples), "nll": nll, "seconds": seconds,
-               "logs": common.last_logged(trainer, name), "example": greedy[0]}  # fmt: skip
+               "logs": common.last_logged(trainer), "example": greedy[0]}  # fmt: skip
         out["algorithms"][name] = row
         print(f"[{task} seed {seed}] {name}: {a.steps} steps {seconds:.0f} s; BLEU-4 {row['bleu4']:.4f} ROUGE-L "
               f"{row['rougeL']:.4f} Self-BLEU-4 {row['self_bleu4']:.3f} NLL {nll:.3f}", flush=True)  # fmt: skip

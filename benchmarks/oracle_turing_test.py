@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = dict(
                 steps=steps, seconds=seconds, s_per_step=seconds / steps, params=gen_params,
                 companion_params=common.count_parameters(trainer.pair.companion), sweep=sweep, at_one=at_one,
-                best=best, curve=(pre_curve if offset else []) + cb.history, logs=common.last_logged(trainer, name),
+                best=best, curve=(pre_curve if offset else []) + cb.history, logs=common.last_logged(trainer),
             )  # fmt: skip
             print(f"{name}: {steps} steps in {seconds:.0f} s ({seconds / steps:.2f} s/step); T=1: NLL_oracle "
                   f"{at_one['nll_oracle']:.3f}, NLL_test {at_one['nll_test']:.3f}; best sum {best['nll_oracle'] + best['nll_test']:.3f} "

@@ -64,23 +64,17 @@ def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def scale_to_token_budget(loss: torch.Tensor, max_completion_length: int) -> torch.Tensor:
-    """The one loss normalisation: a step's loss, a mean over sequences of per-sequence token sums, divided by the
-    constant completion budget ``max_completion_length``.
+def scale_to_token_budget(token_sum_loss: torch.Tensor, max_completion_length: int) -> torch.Tensor:
+    """The one loss normalisation: a loss that is a mean over sequences of per-sequence *token sums* (NLL, KL, the
+    mediator's balanced NLL), divided by the constant completion budget ``max_completion_length``.
 
     Why a constant rather than the batch's token count: a mean of means over equal micro-batches is the global
     mean, so gradient accumulation and data parallelism stay exact without token-count bookkeeping (there is none
-    for sampled sequences), while the scale stays per token, as learning rates tuned on token means expect. The
-    trainers' base applies it to every ``cooperative_step`` loss; a term that is already per sequence rather than
-    a token sum (ψ-MLE's Bregman objective, GCN's discriminator loss) enters through
-    :func:`in_token_sum_units` so that the division leaves it unchanged.
+    for sampled sequences), while the scale stays per token, as learning rates tuned on token means expect. Each
+    trainer applies it to its token-sum terms only; a per-sequence objective (ψ-MLE's Bregman loss, GCN's
+    discriminator loss) is already on a per-example scale and enters the step's loss as it is.
     """
-    return loss / max_completion_length
-
-
-def in_token_sum_units(per_sequence_loss: torch.Tensor, max_completion_length: int) -> torch.Tensor:
-    """A per-sequence loss expressed in the units :func:`scale_to_token_budget` divides (its inverse)."""
-    return per_sequence_loss * max_completion_length
+    return token_sum_loss / max_completion_length
 
 
 def mle_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

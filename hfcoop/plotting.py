@@ -6,7 +6,7 @@ from typing import Any
 
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str) -> str | None:
-    """One panel per logged quantity (loss, ``cot/...``, ``mediator/...``, eval metrics) against the step."""
+    """One panel per logged quantity (loss, ``generator/...``, ``companion/...``, eval metrics) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: runs on servers and in CI

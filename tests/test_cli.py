@@ -157,7 +157,7 @@ def test_report_to_tensorboard_writes_namespaced_scalars(tmp_path):
     accumulator = EventAccumulator(events)
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
-    assert {"train/loss", "train/mediator/balanced_nll", "train/cot/kl_per_token"} <= tags
+    assert {"train/loss", "train/companion/loss", "train/generator/kl_per_token"} <= tags
 
 
 def test_train_genere_through_the_cli(tmp_path):

@@ -9,10 +9,10 @@ from transformers import TrainerCallback
 from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, GenereConfig, MLEConfig, PsiMLEConfig, PsiMLETrainer
 
 CASES = {
-    "cot": (CoTConfig, CoTTrainer, {"mediator_steps": 2}, "cot/generator_loss"),
-    "psi_mle": (PsiMLEConfig, PsiMLETrainer, {}, "psi_mle/generator_loss"),
-    "gcn_model": (GCNConfig, GCNTrainer, {"sampler": "model", "num_candidates": 2}, "gcn/generator_loss"),
-    "gcn_resample": (GCNConfig, GCNTrainer, {"sampler": "resample", "num_candidates": 2}, "gcn/generator_loss"),
+    "cot": (CoTConfig, CoTTrainer, {"mediator_steps": 2}, "generator/loss"),
+    "psi_mle": (PsiMLEConfig, PsiMLETrainer, {}, "generator/loss"),
+    "gcn_model": (GCNConfig, GCNTrainer, {"sampler": "model", "num_candidates": 2}, "generator/loss"),
+    "gcn_resample": (GCNConfig, GCNTrainer, {"sampler": "resample", "num_candidates": 2}, "generator/loss"),
 }
 
 

@@ -35,7 +35,7 @@ def reference_step(trainer, model, batch, gen_ids, gen_mask):
     kl = (g.exp() * (g - m)).sum(-1)
     gamma = trainer.args.gamma
     loss_g = cot_generator_loss(kl, gen_mask, _full_logprobs(gen_logits, gen_ids) if gamma else None, gamma)
-    return loss_m + loss_g
+    return (loss_m + loss_g) / trainer.args.max_completion_length  # the token-budget normalisation
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5])
@@ -105,7 +105,7 @@ def test_mle_packed_step_equals_full_block_step(tiny_lm, coco_prompt_completion,
     ids, mask = batch["completion_input_ids"], batch["completion_mask"]
     assert (mask == 0).any()
     logits, _ = model(generator=trainer.lm_inputs(batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask))
-    reference = -(_full_logprobs(logits, ids) * mask).sum(-1).mean()
+    reference = -(_full_logprobs(logits, ids) * mask).sum(-1).mean() / args.max_completion_length
     reference.backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()

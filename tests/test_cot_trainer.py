@@ -73,10 +73,10 @@ def test_cot_reduces_exact_jsd_and_mediator_tracks_mixture(toy, tmp_path):
     # leaves margin for seeds while failing for a generator that does not learn (or learns the wrong signal).
     assert jsd(g, p) < 0.1 * jsd0, (jsd(g, p), jsd0)
     assert total_variation(m, (p + g) / 2) < 0.15
-    logged = [e for e in trainer.state.log_history if "mediator/balanced_nll" in e]
+    logged = [e for e in trainer.state.log_history if "companion/loss" in e]
     # Sec. 4.1.2: the balanced NLL falls as training progresses; its floor is H(p_data) = 1.28 nats.
-    assert logged[-1]["mediator/balanced_nll"] < logged[0]["mediator/balanced_nll"]
-    assert logged[-1]["mediator/balanced_nll"] > 1.28 - 0.05
+    assert logged[-1]["companion/loss"] < logged[0]["companion/loss"]
+    assert logged[-1]["companion/loss"] > 1.28 - 0.05
 
 
 # ---------------------------------------------------------------- resume, accumulation, DDP
@@ -140,7 +140,7 @@ def test_prompt_completion_losses_concern_the_completion_only(tiny_lm, coco_prom
     # Changing the prompt tokens' targets cannot change the mediator loss: only completions are scored.
     ids, mask = trainer.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"])
     assert ids.shape[0] == 4 and mask.shape == ids.shape
-    assert all(e.get("mediator/nll_real", 1) > 0 for e in trainer.state.log_history)
+    assert all(e.get("companion/nll_real", 1) > 0 for e in trainer.state.log_history)
 
 
 def test_sampling_seed_differs_across_steps_and_is_reproducible(tiny_lm, coco_text, tmp_path):
@@ -222,7 +222,7 @@ def test_mediator_steps_skip_generator_updates(tiny_lm, coco_text, tmp_path):
     trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=args)
     assert args.ddp_find_unused_parameters is True
     trainer.train()
-    with_generator = [e for e in trainer.state.log_history if "cot/generator_loss" in e]
+    with_generator = [e for e in trainer.state.log_history if "generator/loss" in e]
     assert [e["step"] for e in with_generator] == [2, 4]
 
 
@@ -239,7 +239,7 @@ def test_companion_learning_rate_gets_its_own_param_groups(tiny_lm, coco_text, t
 def test_gamma_reinforce_term_runs(tiny_lm, coco_text, tmp_path):
     trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=cot_args(tmp_path, gamma=0.5, max_steps=2))
     trainer.train()
-    assert any("cot/generator_loss" in e for e in trainer.state.log_history)
+    assert any("generator/loss" in e for e in trainer.state.log_history)
 
 
 # ---------------------------------------------------------------- bad input: clear errors before compute

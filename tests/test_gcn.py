@@ -173,25 +173,25 @@ def test_trainer_end_to_end(sampler, data, extra, tiny_lm, coco_text, coco_promp
     trainer = GCNTrainer(tiny_lm, train_dataset=dataset, args=args)
     before = {k: v.clone() for k, v in trainer.pair.companion.state_dict().items()}
     trainer.train()
-    logs = [e for e in trainer.state.log_history if "gcn/d_accuracy" in e]
+    logs = [e for e in trainer.state.log_history if "companion/accuracy" in e]
     assert len(logs) == 2
-    for key in ("d_accuracy", "d_real", "d_generated", "discriminator_loss", "weight_mean", "weight_max", "ess",
-                "generator_loss"):  # fmt: skip
-        assert all(math.isfinite(e[f"gcn/{key}"]) for e in logs), key
-    assert abs(logs[0]["gcn/discriminator_loss"] - math.log(2)) < 1e-4  # zero head: D ≡ 1/2 at the start
+    for key in ("companion/accuracy", "companion/d_real", "companion/d_generated", "companion/loss",
+                "generator/weight_mean", "generator/weight_max", "generator/ess", "generator/loss"):  # fmt: skip
+        assert all(math.isfinite(e[key]) for e in logs), key
+    assert abs(logs[0]["companion/loss"] - math.log(2)) < 1e-4  # zero head: D ≡ 1/2 at the start
     after = trainer.pair.companion.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     if sampler == "model":
-        assert "gcn/mle_nll" in logs[0]
+        assert "generator/mle_nll" in logs[0]
         out = tmp_path / "export"
         trainer.save_model(str(out))
         AutoModelForCausalLM.from_pretrained(str(out))
         assert (out / "discriminator" / "config.json").exists()
         assert "Generative Cooperative Networks" in (out / "README.md").read_text()
     else:
-        assert logs[0]["gcn/weight_max"] == 1.0  # w = 1 for the resampling / MCTS proposals
+        assert logs[0]["generator/weight_max"] == 1.0  # w = 1 for the resampling / MCTS proposals
     if sampler == "resample":
-        assert 0 < logs[0]["gcn/resample_ess"] <= 1 + 1e-6
+        assert 0 < logs[0]["samples/resample_ess"] <= 1 + 1e-6
 
 
 def test_resume_is_bit_identical(tiny_lm, coco_prompt_completion, tmp_path):

@@ -102,9 +102,9 @@ def test_learns_the_matching_generator(equation_lm, tmp_path):
     assert len(pi) == len(EQUATION_GENERATORS) and math.isclose(sum(pi), 1.0)
     assert pi[MATCHING_GENERATOR] >= 0.7
     # π is logged every optimizer step (averaged over each logging window) ...
-    logged = [h for h in trainer.state.log_history if "genere/pi_0" in h]
-    assert len(logged) == 6 and all(f"genere/pi_{k}" in logged[-1] for k in range(len(pi)))
-    assert logged[0]["genere/pi_0"] == pytest.approx(0.2)  # warm-up: γ untouched
+    logged = [h for h in trainer.state.log_history if "companion/pi_0" in h]
+    assert len(logged) == 6 and all(f"companion/pi_{k}" in logged[-1] for k in range(len(pi)))
+    assert logged[0]["companion/pi_0"] == pytest.approx(0.2)  # warm-up: γ untouched
     # ... and saved beside the exported generator.
     trainer.save_model(str(tmp_path / "export"))
     with open(tmp_path / "export" / "genere_mixture.json") as f:

@@ -257,13 +257,14 @@ def test_trainer_end_to_end_logs_saves_and_exports(tiny_lm, coco_text, tmp_path)
     trainer = PsiMLETrainer(tiny_lm, train_dataset=coco_text, eval_dataset=coco_text.select(range(16)), args=args)
     before = {k: v.clone() for k, v in trainer.pair.companion.state_dict().items()}
     trainer.train()
-    logs = [e for e in trainer.state.log_history if "psi_mle/ratio_loss" in e]
+    logs = [e for e in trainer.state.log_history if "companion/loss" in e]
     assert len(logs) == 3
-    for key in ("ratio_mean_real", "ratio_mean_generated", "ratio_max", "weight_share_max", "ess", "generator_loss"):
-        assert all(math.isfinite(e[f"psi_mle/{key}"]) for e in logs), key
-    assert 0 < logs[-1]["psi_mle/ess"] <= 1 + 1e-6
+    for key in ("companion/ratio_mean_real", "companion/ratio_mean_generated", "companion/ratio_max",
+                "generator/weight_share_max", "generator/ess", "generator/loss"):
+        assert all(math.isfinite(e[key]) for e in logs), key
+    assert 0 < logs[-1]["generator/ess"] <= 1 + 1e-6
     # the logistic objective starts at 2·log 2 (r ≡ 1: zero head), and the ratio model learns
-    assert abs(logs[0]["psi_mle/ratio_loss"] - 2 * math.log(2)) < 1e-4
+    assert abs(logs[0]["companion/loss"] - 2 * math.log(2)) < 1e-4
     after = trainer.pair.companion.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert {g["initial_lr"] for g in trainer.optimizer.param_groups} == {1e-3, 5e-3}  # the ratio model's own lr

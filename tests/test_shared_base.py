@@ -174,4 +174,4 @@ def test_gcn_resample_scores_with_the_discriminator_adapter(tiny_lm, coco_prompt
     """The no-grad scorer path (SIR resampling) runs through the companion view too."""
     trainer = make("gcn", tiny_lm, coco_prompt_completion, tmp_path, sampler="resample", max_steps=2)
     trainer.train()
-    assert any("gcn/resample_ess" in log for log in trainer.state.log_history)
+    assert any("samples/resample_ess" in log for log in trainer.state.log_history)

@@ -35,7 +35,7 @@ from ..guards import (
     quarantine_checkpoint,
     resolve_resume,
 )
-from ..losses import masked_token_mean, scale_to_token_budget, token_logprobs
+from ..losses import masked_token_mean, token_logprobs
 from ..model_card import write_model_card
 from ..modeling import (
     CooperativePair,
@@ -493,7 +493,7 @@ class CooperativeTrainer(Trainer):
             prompt_ids = inputs["prompt_input_ids"][:n]
             ids, mask = self.sample(prompt_ids, inputs["prompt_attention_mask"][:n])
             self.record_completions(prompt_ids, ids, mask)
-        return scale_to_token_budget(loss, self.args.max_completion_length)  # the one normalisation (losses.py)
+        return loss  # each trainer normalises its token-sum terms (losses.scale_to_token_budget)
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool, ignore_keys: Any = None
@@ -657,7 +657,7 @@ class CooperativeTrainer(Trainer):
             norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in part.parameters() if p.grad is not None], self.args.max_grad_norm
             )
-            self.log_metric(f"{name}_grad_norm", norm)
+            self.log_metric(f"{name}/grad_norm", norm)
             norms.append(norm.float())
         return torch.linalg.vector_norm(torch.stack(norms))
 

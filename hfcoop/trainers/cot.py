@@ -22,7 +22,14 @@ from transformers import PreTrainedModel
 
 from ..batching import concat_rows, pad_columns  # noqa: F401 (pad_columns: old import path)
 from ..distributed import copy_model
-from ..losses import cot_generator_loss, masked_token_mean, mediator_loss, per_token_kl, token_logprobs
+from ..losses import (
+    cot_generator_loss,
+    masked_token_mean,
+    mediator_loss,
+    per_token_kl,
+    scale_to_token_budget,
+    token_logprobs,
+)
 from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
 from ..shared_base import add_companion_adapter
 from .base import CooperativeConfig, CooperativeTrainer
@@ -80,7 +87,7 @@ class CoTTrainer(CooperativeTrainer):
     Give an already trained generator a *stronger* mediator (CoT App.: "the mediator needs to be slightly
     stronger than the generator"), e.g. a larger model of the same family. A copy of a trained G sits near a fixed
     point: the best same-capacity fit of (p_data + G)/2 is about G, so KL(G‖M) — the generator's only signal —
-    stays near 0 (measured on the oracle benchmark, see benchmarks/README.md). Watch ``cot/kl_per_token``.
+    stays near 0 (measured on the oracle benchmark, see benchmarks/README.md). Watch ``generator/kl_per_token``.
     """
 
     config_class = CoTConfig
@@ -144,12 +151,12 @@ class CoTTrainer(CooperativeTrainer):
         gen_logits, med_logits = model(generator=gen_part, companion=med_part)
         med_logprobs = unpack_tokens(token_logprobs(med_logits, med_ids[med_mask.bool()]), med_mask)
         loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
-        self.log_metric("mediator/balanced_nll", loss_m)  # Sec. 4.1.2: the live progress indicator
-        self.log_metric("mediator/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
-        self.log_metric("mediator/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
+        self.log_metric("companion/loss", loss_m)  # Sec. 4.1.2: the live progress indicator
+        self.log_metric("companion/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
+        self.log_metric("companion/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
         if not train_generator:  # no generator logits this step: the table shows the samples without their KL
             self.record_completions(prompt_ids, gen_ids, gen_mask)
-            return loss_m
+            return scale_to_token_budget(loss_m, self.args.max_completion_length)
 
         # Generator: Eq. (14) on its own samples, against the mediator's detached distributions (line 9).
         # The generated rows' tokens are the last ones of the mediator's packed rows, in the generator's order.
@@ -166,8 +173,8 @@ class CoTTrainer(CooperativeTrainer):
         if self.args.gamma:
             gen_logprobs = unpack_tokens(token_logprobs(gen_logits, gen_ids[gen_mask.bool()]), gen_mask)
         loss_g = cot_generator_loss(kl, gen_mask, gen_logprobs, self.args.gamma)
-        self.log_metric("cot/generator_loss", loss_g)
-        self.log_metric("cot/kl_per_token", masked_token_mean(kl.detach(), gen_mask))
+        self.log_metric("generator/loss", loss_g)
+        self.log_metric("generator/kl_per_token", masked_token_mean(kl.detach(), gen_mask))
         kl_per_sample = (kl.detach() * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
         self.record_completions(prompt_ids, gen_ids, gen_mask, kl_per_token=kl_per_sample)
-        return loss_m + loss_g
+        return scale_to_token_budget(loss_m + loss_g, self.args.max_completion_length)

@@ -42,7 +42,7 @@ from ..losses import (
     effective_sample_size,
     gcn_log_weights,
     importance_weights,
-    in_token_sum_units,
+    scale_to_token_budget,
     token_logprobs,
     weighted_nll_loss,
 )
@@ -198,7 +198,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             chosen = rows * k + picked
             first = rows * k  # the first candidate of each prompt: an unbiased p_theta sample for D
             probs = torch.softmax(log_w.view(batch, k), dim=1)
-            self.log_metric("gcn/resample_ess", (1.0 / probs.pow(2).sum(1) / k).mean())  # Kish ESS / K per prompt
+            self.log_metric("samples/resample_ess", (1.0 / probs.pow(2).sum(1) / k).mean())  # Kish ESS / K per prompt
             return cand_ids[first], cand_mask[first], cand_ids[chosen], cand_mask[chosen], rows
         neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask)  # D's negatives stay plain p_theta samples
         pair = self.pair
@@ -252,7 +252,8 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 with self.companion_eval() as discriminator:
                     d_train = scorer_logits(discriminator, self.companion_inputs(
                         prompt_ids[neg_rows], prompt_mask[neg_rows], neg_ids, neg_mask)["inputs"])  # fmt: skip
-        return self._generator_loss(token_logprobs(gen_logits, g_ids) * g_mask, n_train, d_train, train_rows) + loss_d
+        loss_g = self._generator_loss(token_logprobs(gen_logits, g_ids) * g_mask, n_train, d_train, train_rows)
+        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_d  # loss_d is per sequence
 
     def _step_samples(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, train_generator: bool
@@ -270,7 +271,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         self, d_logits: torch.Tensor, batch: int, neg_prompts: torch.Tensor, neg_ids: torch.Tensor,
         neg_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(D's logits on the negatives, D's loss in token-sum units), logged; the real rows come first."""
+        """(D's logits on the negatives, D's per-sequence loss), logged; the real rows come first."""
         d_logits = d_logits.squeeze(-1).float()
         if not torch.isfinite(d_logits).all():
             raise FloatingPointError(
@@ -279,13 +280,13 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         d_real, d_gen = d_logits[:batch], d_logits[batch:]
         loss_d = discriminator_loss(d_real, d_gen)
         with torch.no_grad():
-            self.log_metric("gcn/discriminator_loss", loss_d.detach())
-            self.log_metric("gcn/d_accuracy", 0.5 * ((d_real > 0).float().mean() + (d_gen < 0).float().mean()))
-            self.log_metric("gcn/d_real", torch.sigmoid(d_real).mean())
-            self.log_metric("gcn/d_generated", torch.sigmoid(d_gen).mean())
+            self.log_metric("companion/loss", loss_d.detach())
+            self.log_metric("companion/accuracy", 0.5 * ((d_real > 0).float().mean() + (d_gen < 0).float().mean()))
+            self.log_metric("companion/d_real", torch.sigmoid(d_real).mean())
+            self.log_metric("companion/d_generated", torch.sigmoid(d_gen).mean())
             # D of the plain p_theta samples (the generator's own), beside their prompts.
             self.record_completions(neg_prompts, neg_ids, neg_mask, D=torch.sigmoid(d_gen))
-        return d_gen, in_token_sum_units(loss_d, self.args.max_completion_length)  # per sequence (losses.py)
+        return d_gen, loss_d
 
     def _generator_loss(
         self, logprobs: torch.Tensor, n_train: int, d_train: torch.Tensor, train_rows: torch.Tensor
@@ -301,13 +302,13 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         loss_g = (1 - args.mle_weight) * loss_gcn
         if args.mle_weight > 0:
             loss_mle = -logprobs[n_train:].sum(-1).mean()
-            self.log_metric("gcn/mle_nll", loss_mle.detach())
+            self.log_metric("generator/mle_nll", loss_mle.detach())
             loss_g = loss_g + args.mle_weight * loss_mle
         with torch.no_grad():
             raw = torch.exp(log_w)
-            self.log_metric("gcn/generator_loss", loss_gcn.detach())
-            self.log_metric("gcn/weight_mean", raw.mean())
-            self.log_metric("gcn/weight_max", raw.max())
-            self.log_metric("gcn/ess", effective_sample_size(weights))
+            self.log_metric("generator/loss", loss_gcn.detach())
+            self.log_metric("generator/weight_mean", raw.mean())
+            self.log_metric("generator/weight_max", raw.max())
+            self.log_metric("generator/ess", effective_sample_size(weights))
         return loss_g
 

@@ -48,7 +48,7 @@ Algorithm 2 and is left out, as there.)
 - *π*: the learned proportions ``π_k = E_Δ[softmax_k(γ + Δ)]`` (Sec. 3.1) are estimated by Monte Carlo with
   ``proportion_samples`` fixed draws (common random numbers, seed 0): deterministic in γ, standard error <= 0.008
   for the default 4096 draws. Exposed as :attr:`GenereTrainer.mixture_proportions`, logged every optimizer step as
-  ``genere/pi_<k>``, and written as ``genere_mixture.json`` next to every exported generator and checkpoint.
+  ``companion/pi_<k>``, and written as ``genere_mixture.json`` next to every exported generator and checkpoint.
 - *State*: γ and µ (float64) are plain tensors on the trainer, not optimizer parameters; checkpoints hold them in
   ``genere_state/mixture.safetensors`` and the mixing RNG (a ``random.Random`` seeded from ``args.seed``, which also
   feeds the generators) in ``genere_state/rng_process_<i>.json``, so a resumed run continues bit-identically. No pickle.
@@ -77,6 +77,7 @@ from ..losses import (
     genere_sampling_probs,
     masked_token_mean,
     mle_loss,
+    scale_to_token_budget,
     token_logprobs,
 )
 from .base import CooperativeConfig, CooperativeTrainer
@@ -369,7 +370,7 @@ class GenereTrainer(CooperativeTrainer):
             rows.append(self._generate_row(choice))
             generated.append(i)
             deltas.append(delta)
-        self.log_metric("genere/generated_fraction", len(generated) / max(len(rows), 1))
+        self.log_metric("samples/generated_fraction", len(generated) / max(len(rows), 1))
         if not generated:
             return inputs, [], torch.zeros(0, k, dtype=torch.float64)
         for i, row in enumerate(rows):  # real rows, un-padded: the collator pads them back identically
@@ -389,7 +390,7 @@ class GenereTrainer(CooperativeTrainer):
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         logits, _ = model(generator=self.lm_inputs(prompt_ids, prompt_mask, ids, mask))
         logprobs = token_logprobs(logits, ids)
-        self.log_metric("genere/nll_per_token", -masked_token_mean(logprobs, mask))
+        self.log_metric("generator/nll_per_token", -masked_token_mean(logprobs, mask))
         loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
         if active:
             row_logprobs = (logprobs.detach() * mask).sum(-1).to("cpu", torch.float64)
@@ -400,7 +401,7 @@ class GenereTrainer(CooperativeTrainer):
                 self._step_generated.append((row_logprobs[generated], deltas))
         if self.accelerator.sync_gradients:  # last micro-batch of this optimizer step
             self._end_of_step(active)
-        return loss
+        return scale_to_token_budget(loss, self.args.max_completion_length)
 
     def _end_of_step(self, active: bool) -> None:
         """Lines 8 and 11, once per optimizer step, over every micro-batch and process of the step."""
@@ -425,13 +426,13 @@ class GenereTrainer(CooperativeTrainer):
             self._gamma = genere_gamma_update(self._gamma, score_sum, count, self.args.mixture_learning_rate,
                                               self.args.mixture_shrinkage)  # fmt: skip
             self._baseline = genere_baseline_update(self._baseline, step_mean, self.args.baseline_smoothing)
-            self.log_metric("genere/baseline", float(self._baseline))
-            self.log_metric("genere/logprob", float(step_mean))
+            self.log_metric("companion/logprob_baseline", float(self._baseline))
+            self.log_metric("companion/logprob", float(step_mean))
             if count:  # identical on every process after the reduction, so metric names stay in sync
-                self.log_metric("genere/logprob_generated", float(gen_sum) / count)
+                self.log_metric("companion/logprob_generated", float(gen_sum) / count)
         self._reset_step_stats()
         for k, pi in enumerate(self.mixture_proportions):
-            self.log_metric(f"genere/pi_{k}", pi)
+            self.log_metric(f"companion/pi_{k}", pi)
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes == 1:

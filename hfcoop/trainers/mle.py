@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..losses import masked_token_mean, mle_loss, token_logprobs
+from ..losses import masked_token_mean, mle_loss, scale_to_token_budget, token_logprobs
 from ..modeling import unpack_tokens
 from .base import CooperativeConfig, CooperativeTrainer
 
@@ -41,5 +41,5 @@ class MLETrainer(CooperativeTrainer):
         part = self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask, packed=True)
         logits, _ = model(generator=part)
         logprobs = unpack_tokens(token_logprobs(logits, ids[mask.bool()]), mask)
-        self.log_metric("mle/nll_per_token", -masked_token_mean(logprobs, mask))
-        return mle_loss(logprobs, mask)
+        self.log_metric("generator/nll_per_token", -masked_token_mean(logprobs, mask))
+        return scale_to_token_budget(mle_loss(logprobs, mask), self.args.max_completion_length)

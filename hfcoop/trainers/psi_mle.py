@@ -29,8 +29,8 @@ from ..losses import (
     density_ratio_loss,
     effective_sample_size,
     importance_weights,
-    in_token_sum_units,
     mixture_to_data_log_ratio,
+    scale_to_token_budget,
     token_logprobs,
     weighted_nll_loss,
 )
@@ -187,12 +187,11 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
             )
 
         ratio = torch.exp(log_r.detach())
-        self.log_metric("psi_mle/ratio_loss", loss_r.detach())
-        self.log_metric("psi_mle/ratio_mean_real", ratio[:batch].mean())
-        self.log_metric("psi_mle/ratio_mean_generated", ratio[batch:].mean())
-        self.log_metric("psi_mle/ratio_max", ratio.max())
+        self.log_metric("companion/loss", loss_r.detach())
+        self.log_metric("companion/ratio_mean_real", ratio[:batch].mean())
+        self.log_metric("companion/ratio_mean_generated", ratio[batch:].mean())
+        self.log_metric("companion/ratio_max", ratio.max())
         self.record_completions(prompt_ids, gen_ids, gen_mask, r=ratio[batch:])
-        loss_r = in_token_sum_units(loss_r, args.max_completion_length)  # per sequence already (losses.py)
         if not train_generator:
             return loss_r
 
@@ -209,7 +208,7 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         seq_logprobs = (token_logprobs(gen_logits, ids[rows]) * mask[rows]).sum(-1)
         loss_g = weighted_nll_loss(seq_logprobs, weights)
 
-        self.log_metric("psi_mle/generator_loss", loss_g.detach())
-        self.log_metric("psi_mle/weight_share_max", (weights / weights.sum()).max())  # normalised: heaviest share
-        self.log_metric("psi_mle/ess", effective_sample_size(weights))  # Kish ESS / n of the weighted estimate
-        return loss_g + loss_r
+        self.log_metric("generator/loss", loss_g.detach())
+        self.log_metric("generator/weight_share_max", (weights / weights.sum()).max())  # normalised: heaviest share
+        self.log_metric("generator/ess", effective_sample_size(weights))  # Kish ESS / n of the weighted estimate
+        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_r  # loss_r is per sequence
