@@ -29,6 +29,7 @@ Results: ``benchmarks/results/conditional_quality[_quick].md``, ``.json`` and ``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -146,7 +147,7 @@ def scores(predictions: list[str], references: list[list[str]]) -> dict[str, flo
     from hfcoop.metrics import corpus_bleu_score, rouge_f_scores
 
     rouge = rouge_f_scores(predictions, references)
-    return {"bleu4": corpus_bleu_score(predictions, references, tokenize="none")["bleu"] / 100,
+    return {"bleu4": corpus_bleu_score(predictions, references, tokenize="none")["bleu"],  # already 0-1
             "rougeL": rouge["rougeL"],
             "length": sum(len(p.split()) for p in predictions) / max(len(predictions), 1)}  # fmt: skip
 
@@ -158,38 +159,72 @@ def self_bleu4(samples: list[str]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ one task, one seed
+def cached_pretraining(a, key: dict, tmp: str, build) -> tuple[str, float]:
+    """``build(folder) -> seconds`` (a tokenizer + model, MLE-pretrained into ``folder``) once per ``key`` under
+    ``--cache-dir``: sweeps over the algorithm phase reuse the same pretrained checkpoints and the same seconds."""
+    if not a.cache_dir:
+        folder = os.path.join(tmp, key["model"])
+        return folder, build(folder)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = os.path.join(a.cache_dir, f"{key['task']}-{key['model']}-{digest}")
+    marker = os.path.join(folder, "pretraining.json")
+    if not os.path.exists(marker):
+        seconds = build(folder)
+        with open(marker, "w") as f:
+            json.dump({**key, "seconds": seconds}, f)
+    with open(marker) as f:
+        return folder, json.load(f)["seconds"]
+
+
+def pretrained_models(task: str, a, seed: int, texts: list[str], train_ds, shared: dict, tmp: str):
+    """(generator, seconds, mediator or None): the task's word-level tokenizer and GPT-2 generator, MLE-pretrained;
+    CoT's wider mediator pretrained the same way when ``--mediator-n-embd``."""
+    from hfcoop.tiny import build_tiny_model
+
+    lengths = TASKS[task]
+    positions = lengths["prompt_len"] + lengths["completion_len"] + 8
+    key = dict(task=task, seed=seed, vocab=a.vocab_size, n_layer=a.n_layer, n_head=a.n_head, positions=positions,
+               steps=a.pretrain_steps, lr=a.pretrain_lr, batch=a.batch_size, doc_words=a.doc_words)  # fmt: skip
+
+    def build(width: int, model_seed: int):
+        def run(folder: str) -> float:
+            init = build_tiny_model(os.path.join(folder, "init"), texts, vocab_size=a.vocab_size, n_layer=a.n_layer,
+                                    n_embd=width, n_head=a.n_head, n_positions=positions, seed=model_seed)  # fmt: skip
+            _, seconds, _ = common.pretrain(init, os.path.join(folder, "model"), a.pretrain_steps, a.pretrain_lr,
+                                            shared, train_ds)  # fmt: skip
+            return seconds
+
+        return run
+
+    folder, seconds = cached_pretraining(a, dict(key, model="generator", n_embd=a.n_embd), tmp, build(a.n_embd, seed))
+    mediator = None
+    if a.mediator_n_embd:
+        mediator, _ = cached_pretraining(a, dict(key, model="mediator", n_embd=a.mediator_n_embd), tmp,
+                                         build(a.mediator_n_embd, seed + 1))  # fmt: skip
+        mediator = os.path.join(mediator, "model")
+    return os.path.join(folder, "model"), seconds, mediator
+
+
 def run_seed(task: str, data: dict, a, seed: int, tmp: str) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     from hfcoop.metrics import reference_nll
-    from hfcoop.tiny import build_tiny_model
 
     lengths = TASKS[task]
     train_ds = Dataset.from_dict({k: [r[k] for r in data["train"]] for k in ("prompt", "completion")})
     test = data["test"][: a.test_size]
     texts = [r["prompt"] + " " + r["completion"] for r in data["train"]]
-    positions = lengths["prompt_len"] + lengths["completion_len"] + 8
-    init = build_tiny_model(os.path.join(tmp, "init"), texts, vocab_size=a.vocab_size, n_layer=a.n_layer,
-                            n_embd=a.n_embd, n_head=a.n_head, n_positions=positions, seed=seed)  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(init)
-    split = words_of(tokenizer)
-    references = [[split(x) for x in r["references"]] for r in test]
-    prompts = [r["prompt"] for r in test]
     a.seed = seed
     shared, per_algorithm = common.training_settings(a, lengths["completion_len"])
     shared["max_prompt_length"] = lengths["prompt_len"]
     per_algorithm["GCN"]["num_candidates"] = a.gcn_candidates  # prompt/completion data: ≥ 2 per prompt
     per_algorithm["GCN"]["mle_weight"] = a.gcn_mle_weight
-    pretrained, pre_seconds, _ = common.pretrain(init, os.path.join(tmp, "pretrained"), a.pretrain_steps,
-                                                 a.pretrain_lr, shared, train_ds)  # fmt: skip
-    mediator = None
-    if a.mediator_n_embd:
-        mediator = build_tiny_model(os.path.join(tmp, "mediator_init"), texts, vocab_size=a.vocab_size,
-                                    n_layer=a.n_layer, n_embd=a.mediator_n_embd, n_head=a.n_head,
-                                    n_positions=positions, seed=seed + 1)  # fmt: skip
-        mediator, _, _ = common.pretrain(mediator, os.path.join(tmp, "mediator"), a.pretrain_steps, a.pretrain_lr,
-                                         shared, train_ds)  # fmt: skip
+    pretrained, pre_seconds, mediator = pretrained_models(task, a, seed, texts, train_ds, shared, tmp)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    split = words_of(tokenizer)
+    references = [[split(x) for x in r["references"]] for r in test]
+    prompts = [r["prompt"] for r in test]
     print(f"[{task} seed {seed}] pretraining {pre_seconds:.0f} s", flush=True)
     out: dict = {"algorithms": {}, "decoding": {}}
     for name in a.algorithms:
@@ -309,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mcts-simulations", type=int, default=8)
     p.add_argument("--no-decoding", dest="decoding", action="store_false", help="skip the cooperative decoding rows")
     p.add_argument("--data", default=common.SHARED_DATA)
+    p.add_argument("--cache-dir", default="", help="keep the MLE-pretrained models here and reuse them in later runs "
+                   "with the same pretraining settings (sweeps of the algorithm phase); delete it when MLE changes")
     a = common.parse_arguments(p, argv, QUICK, FULL)
     if a.mediator_n_embd is None:
         a.mediator_n_embd = 2 * a.n_embd

@@ -48,3 +48,14 @@ def test_old_task_module_path_still_resolves():
 
     old = importlib.import_module("hfcoop.genere_tasks")
     assert old is text_to_equation and old.EQUATION_GENERATORS is text_to_equation.EQUATION_GENERATORS
+
+
+def test_conditional_benchmark_scores_are_on_the_0_1_scale():
+    """corpus BLEU is already 0-1 (hfcoop.metrics); the benchmark once divided it by 100 again."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import conditional_quality
+
+    same = conditional_quality.scores(["what is the name of the rhine ?"], [["what is the name of the rhine ?"]])
+    assert abs(same["bleu4"] - 1.0) < 1e-9 and abs(same["rougeL"] - 1.0) < 1e-9
+    half = conditional_quality.scores(["a b c d e f"], [["a b c d x y"]])  # 1-4 gram precisions 4/6 3/5 2/4 1/3
+    assert abs(half["bleu4"] - (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25) < 1e-9
