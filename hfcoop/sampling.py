@@ -58,24 +58,30 @@ def build_generation_config(
 
 
 @contextmanager
-def generation_mode(model: nn.Module, accelerator: Any = None, engine: Any = None) -> Iterator[nn.Module]:
+def generation_mode(
+    model: nn.Module, accelerator: Any = None, engine: Any = None, scorers: tuple[nn.Module, ...] = ()
+) -> Iterator[nn.Module]:
     """Eval mode (no dropout), activation checkpointing off (it disables the KV cache), ZeRO-3 params gathered.
 
-    ``model`` is the (unwrapped) generator to sample from. Under DeepSpeed ZeRO-3 only its parameters are
-    gathered, not the companion's, and the engine's partitioning hooks are lifted meanwhile (``engine`` is the
-    DeepSpeed engine that wraps the pair). Under FSDP2 ``engine`` is the pair's root unit, unsharded meanwhile.
+    ``model`` is the (unwrapped) generator to sample from; ``scorers`` are models called *during* sampling (GCN's
+    discriminator in MCTS), in eval mode meanwhile too. Under DeepSpeed ZeRO-3 the parameters of these models are
+    gathered (not those of a companion that does not take part) and the engine's partitioning hooks are lifted
+    meanwhile (``engine`` is the DeepSpeed engine that wraps the pair). Under FSDP2 ``engine`` is the pair's root
+    unit, unsharded meanwhile (the models' own units gather themselves in their forward).
     """
-    was_training = model.training
+    models = (model, *scorers)
+    was_training = [m.training for m in models]
     checkpointing = getattr(model, "is_activation_checkpointing", False)
     if checkpointing:
         model.gradient_checkpointing_disable()
-    model.eval()
+    for m in models:
+        m.eval()
     try:
         if accelerator is not None and _is_zero3(accelerator):
             import deepspeed
             from trl.models.utils import add_hooks, remove_hooks
 
-            with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            with deepspeed.zero.GatheredParameters([p for m in models for p in m.parameters()]):
                 remove_hooks(engine)
                 try:
                     yield model
@@ -89,7 +95,8 @@ def generation_mode(model: nn.Module, accelerator: Any = None, engine: Any = Non
         else:
             yield model
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, was_training):
+            m.train(mode)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 

@@ -9,7 +9,7 @@ exactly where the uninterrupted one did (weights, companion and optimizer state 
 
 Coverage (each engine's run costs a process start and ~10-20 s per algorithm, so not the full 5 x 3 matrix):
 ZeRO-3 runs all five trainers (partitioned parameters: CoT's default mediator copy, the scorers built from the
-generator, GENERE's mixture state on DeepSpeed resume); FSDP2 runs CoT, psi-MLE and GCN (sampling outside the
+generator, GENERE's mixture state on DeepSpeed resume) and GCN with MCTS proposals (D called during sampling); FSDP2 runs CoT, psi-MLE and GCN (sampling outside the
 pair's forward, scorer companions); ZeRO-2 runs CoT and GENERE. `HFCOOP_SHARDED_FULL_MATRIX=1` runs all five
 under every engine (what README's distributed section reports as executed).
 
@@ -40,12 +40,12 @@ DATA = os.path.join(ROOT, "recipes", "data", "coco_train_sample.txt")
 ALL = ["mle", "cot", "psi_mle", "gcn", "genere"]
 FULL_MATRIX = os.environ.get("HFCOOP_SHARDED_FULL_MATRIX") == "1"
 ENGINES = {  # engine: (shipped accelerate config, algorithms run under it)
-    "ddp": ("multi_gpu_ddp.yaml", ALL),
+    "ddp": ("multi_gpu_ddp.yaml", [*ALL, "gcn_mcts"]),
     "zero2": ("deepspeed_zero2.yaml", ALL if FULL_MATRIX else ["cot", "genere"]),
-    "zero3": ("deepspeed_zero3.yaml", ALL),
+    "zero3": ("deepspeed_zero3.yaml", [*ALL, "gcn_mcts"]),  # MCTS: D called inside the generator's gathering
     "fsdp2": ("fsdp.yaml", ALL if FULL_MATRIX else ["cot", "psi_mle", "gcn"]),
 }
-COMPANION = {"cot": "mediator", "psi_mle": "ratio_model", "gcn": "discriminator"}
+COMPANION = {"cot": "mediator", "psi_mle": "ratio_model", "gcn": "discriminator", "gcn_mcts": "discriminator"}
 
 
 @pytest.fixture(scope="module")

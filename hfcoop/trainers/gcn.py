@@ -202,8 +202,8 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             return cand_ids[first], cand_mask[first], cand_ids[chosen], cand_mask[chosen], rows
         neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask)  # D's negatives stay plain p_theta samples
         pair = self.pair
-        generator_mode = generation_mode(pair.generator, self.accelerator, self.model_wrapped)
-        with generator_mode as g, generation_mode(pair.companion):
+        # D scores prefixes inside the generator's sampling context: gathered with it under ZeRO-3.
+        with generation_mode(pair.generator, self.accelerator, self.model_wrapped, scorers=(pair.companion,)) as g:
             ids, mask = mcts_decode(
                 g, prompt_ids, prompt_mask, self._discriminator_scores(),
                 max_new_tokens=args.max_completion_length, eos_token_id=self.eos_token_ids,

@@ -62,6 +62,9 @@ ALGORITHM_FLAGS = {
     "cot": [],  # mediator = None: the default copy of the generator (partitioned under ZeRO-3)
     "psi_mle": ["--ratio_learning_rate", "0.5"],
     "gcn": ["--mle_weight", "0.5", "--discriminator_learning_rate", "0.5"],
+    # MCTS proposals: D scores prefixes inside the generator's sampling context (ZeRO-3: both gathered)
+    "gcn_mcts": ["--mle_weight", "0.5", "--discriminator_learning_rate", "0.5", "--sampler", "mcts",
+                 "--num_simulations", "2", "--mcts_top_k", "3"],
     "genere": ["--generators", "sharded_cli:GENERATORS", "--generative_weight", "1.0", "--mixture_learning_rate",
                "0.05"],
 }  # fmt: skip
@@ -85,7 +88,7 @@ def main(model: str, data: str, root: str, algorithms: list[str]) -> None:
         "--disable_tqdm", "true", "--use_cpu", "true", "--report_to", "none", "--seed", "0",
     ]  # fmt: skip
     for algorithm in algorithms:
-        flags = [algorithm, *common, *ALGORITHM_FLAGS[algorithm]]
+        flags = [algorithm.removesuffix("_mcts"), *common, *ALGORITHM_FLAGS[algorithm]]
         full = os.path.join(root, algorithm, "full")
         train([*flags, "--output_dir", full])
         train([*flags, "--output_dir", os.path.join(root, algorithm, "resumed"),
