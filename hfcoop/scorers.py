@@ -232,17 +232,12 @@ class ScorerInputs:
         rows = [ids[i, max(0, int(n) - self.max_length) : int(n)].tolist() for i, n in enumerate(lengths)]
         return pad_right(rows, self.scorer_tokenizer.pad_token_id, ids.device, min_width=1)
 
-    def _retokenize(
-        self,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        completion_ids: torch.Tensor,
-        completion_mask: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
+    def _retokenize(self, *rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Generator ids (``__call__``'s four tensors) -> text -> the scorer's ids (tokenizers differ)."""
         gen_tok, tok = self.generator_tokenizer, self.scorer_tokenizer
         gen_eos = self.eos_token_ids
-        rows = []
-        for p, pm, c, cm in zip(prompt_ids, prompt_mask, completion_ids, completion_mask):
+        scorer_rows = []
+        for p, pm, c, cm in zip(*rows):
             prompt_text = gen_tok.decode(p[pm.bool()].tolist(), skip_special_tokens=True)
             completion = c[cm.bool()].tolist()
             ended = bool(completion) and completion[-1] in gen_eos
@@ -251,8 +246,8 @@ class ScorerInputs:
             ids = ids or [start_token_id(tok)]
             ids = ids + tok(completion_text, add_special_tokens=False)["input_ids"]
             ids = ids + ([tok.eos_token_id] if ended else [])
-            rows.append(ids[-self.max_length :] if self.max_length else ids)
-        ids, mask = pad_right(rows, self.scorer_tokenizer.pad_token_id, prompt_ids.device, min_width=1)
+            scorer_rows.append(ids[-self.max_length :] if self.max_length else ids)
+        ids, mask = pad_right(scorer_rows, self.scorer_tokenizer.pad_token_id, rows[0].device, min_width=1)
         return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -273,17 +268,12 @@ class SequenceScorer:
         self.inputs = inputs
 
     @torch.no_grad()
-    def __call__(
-        self,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        completion_ids: torch.Tensor,
-        completion_mask: torch.Tensor,
-    ) -> torch.Tensor:
+    def __call__(self, *rows: torch.Tensor) -> torch.Tensor:
+        """``rows = (prompt_ids, prompt_mask, completion_ids, completion_mask)``, as :data:`ScoreFn` takes them."""
         was_training = self.model.training
         self.model.eval()
         try:
-            return scorer_logits(self.model, self.inputs(prompt_ids, prompt_mask, completion_ids, completion_mask))
+            return scorer_logits(self.model, self.inputs(*rows))
         finally:
             self.model.train(was_training)
 
