@@ -175,3 +175,43 @@ def test_gcn_resample_scores_with_the_discriminator_adapter(tiny_lm, coco_prompt
     trainer = make("gcn", tiny_lm, coco_prompt_completion, tmp_path, sampler="resample", max_steps=2)
     trainer.train()
     assert any("samples/resample_ess" in log for log in trainer.state.log_history)
+
+
+def test_a_lora_generator_samples_with_its_adapter_folded_exactly(tiny_lm):
+    """Sampling folds the active adapter into the base weights (one matmul per layer), with the same logits, and
+    leaves the frozen base bit-identical and the adapters trainable; not while a scorer that may share the LoRA
+    layers (shared-base GCN + MCTS) is called inside the same context."""
+    from peft import get_peft_model
+
+    from hfcoop.sampling import generation_mode
+    from hfcoop.shared_base import adapters_folded
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm), lora())  # GPT-2 Conv1D: fan_in_fan_out
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)  # a trained-looking adapter (lora_B starts at 0)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    layers = [m for m in model.modules() if hasattr(m, "lora_A")]
+    ids = torch.randint(5, 500, (3, 9))
+    model.eval()
+    with torch.no_grad():
+        unfolded = model(input_ids=ids).logits
+        with adapters_folded(model):
+            assert all(layer.disable_adapters for layer in layers)  # the adapter path is really skipped
+            folded = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+        with generation_mode(model):
+            assert all(layer.disable_adapters for layer in layers)
+        with generation_mode(model, scorers=(torch.nn.Linear(1, 1),)):
+            assert not any(layer.disable_adapters for layer in layers)
+    with torch.no_grad(), model.disable_adapter():
+        plain = model(input_ids=ids).logits
+    assert not torch.allclose(unfolded, plain, atol=1e-3)  # the adapter matters
+    torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, unfolded)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            assert p.requires_grad, n
+        else:
+            assert torch.equal(p, base[n]), n  # the frozen base is never rounded
