@@ -67,8 +67,7 @@ def generation_mode(
     discriminator in MCTS), in eval mode meanwhile too. Under DeepSpeed ZeRO-3 the parameters of these models are
     gathered (not those of a companion that does not take part) and the engine's partitioning hooks are lifted
     meanwhile (``engine`` is the DeepSpeed engine that wraps the pair). Under FSDP2 ``engine`` is the pair's root
-    unit, unsharded meanwhile (the models' own units gather themselves in their forward). Otherwise a LoRA
-    generator samples with its adapter folded into the base weights (:func:`~hfcoop.shared_base.adapters_folded`).
+    unit, unsharded meanwhile (the models' own units gather themselves in their forward).
     """
     models = (model, *scorers)
     was_training = [m.training for m in models]
@@ -92,11 +91,6 @@ def generation_mode(
             from .distributed import fsdp_root_unsharded
 
             with fsdp_root_unsharded(engine):  # the embeddings/head of the pair's root unit, gathered
-                yield model
-        elif PeftModel is not None and isinstance(model, PeftModel) and not scorers:  # scorers may share its layers
-            from .shared_base import adapters_folded
-
-            with adapters_folded(model):
                 yield model
         else:
             yield model

@@ -46,42 +46,6 @@ def adapter_scope(layers: list[nn.Module], name: str) -> Iterator[None]:
             layer._active_adapter = active
 
 
-@contextmanager
-def adapters_folded(model: nn.Module) -> Iterator[None]:
-    """Inside the block, each LoRA linear layer of ``model`` computes with its active adapter folded into the base
-    weight (``W + s·B·A``, one matmul) instead of ``W x + s·B(A x)`` (three, plus dropout and casts): sampling makes
-    one small forward per token, where the extra per-layer kernels of an unmerged adapter cost more than the
-    matmul itself (GPT-2-small shape on CPU: 3.1 s vs 0.95 s per batch of samples).
-
-    Exact on exit: the folded weights are new tensors swapped in for the base weights, which are never modified,
-    and swapped back afterwards (peft's in-place ``merge``/``unmerge`` would round the frozen base a little on
-    every step). The price is a transient copy of the adapted layers' weights while sampling. Layers that cannot
-    fold exactly — quantized bases, DoRA and other variants, adapter biases — keep computing unfolded.
-    """
-    from peft.tuners.lora import Linear as LoraLinear
-
-    swapped: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for layer in model.modules():
-                if not isinstance(layer, LoraLinear) or layer.merged or layer.disable_adapters:
-                    continue
-                active = [a for a in layer.active_adapters if a in layer.lora_A]
-                weight = layer.get_base_layer().weight
-                if (not active or not weight.dtype.is_floating_point or any(a in layer.lora_variant for a in active)
-                        or any(layer.lora_bias.get(a, False) for a in active)):  # fmt: skip
-                    continue
-                folded = weight.data + sum(layer.get_delta_weight(a) for a in active).to(weight.dtype)
-                swapped.append((layer, weight, weight.data))
-                weight.data = folded
-                layer._disable_adapters = True  # the flag alone: requires_grad of the adapters is left alone
-        yield
-    finally:
-        for layer, weight, original in swapped:
-            weight.data = original
-            layer._disable_adapters = False
-
-
 def check_shared_base_peft_config(peft_config: Any) -> None:
     """Shared-base mode needs LoRA-type adapters that touch only adapter weights (nothing of the base trained)."""
     if peft_config is None:
