@@ -662,7 +662,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
                 model, a.discriminator_name_or_path, [prompt] * (end - start) if prompt else None,
                 num_samples=end - start, tokenizer=tokenizer, method=a.decoding, max_new_tokens=a.max_new_tokens,
                 temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, num_candidates=a.num_candidates,
-                num_simulations=a.num_simulations,
+                num_simulations=a.num_simulations, add_special_tokens=not requests[start].get("chat"),
             )  # fmt: skip
             start = end
     else:

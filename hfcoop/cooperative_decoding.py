@@ -301,6 +301,7 @@ def cooperative_generate(
     c_puct: float = 1.0,
     visit_temperature: float = 0.0,
     batch_size: int = 16,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Texts decoded cooperatively by a generator and a discriminator (e.g. those a :class:`~hfcoop.GCNTrainer`
     exported with ``save_companion``).
@@ -312,6 +313,7 @@ def cooperative_generate(
         method: ``"resample"`` (SIR over ``num_candidates`` samples, ∝ ``D`` or ``D/(1-D)`` per ``weighting``) or
             ``"mcts"`` (PUCT over the generator's top-``mcts_top_k`` tokens, ``num_simulations`` per token).
         temperature / top_k / top_p: the generator's sampling distribution (candidates and MCTS priors).
+        add_special_tokens: False for prompts already rendered by a chat template (its BOS etc. not added twice).
     Returns:
         one completion text per prompt (or ``num_samples`` texts).
     """
@@ -321,7 +323,8 @@ def cooperative_generate(
     tokenizer = load_tokenizer(tokenizer, model_id)
     generator = load_causal_lm(model)
     score_fn = _discriminator_score_fn(discriminator, generator, tokenizer, discriminator_tokenizer)
-    rows = _prompt_rows(tokenizer, prompts, num_samples, (max_positions(generator) or 10**9) - max_new_tokens)
+    keep = (max_positions(generator) or 10**9) - max_new_tokens
+    rows = _prompt_rows(tokenizer, prompts, num_samples, keep, add_special_tokens)
     eos_ids = eos_token_ids(tokenizer, generator)
     if method == "resample":
         config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p, eos_ids)
@@ -376,9 +379,12 @@ def _discriminator_score_fn(discriminator: Any, generator: nn.Module, tokenizer:
     )
 
 
-def _prompt_rows(tokenizer: Any, prompts: list[str] | None, num_samples: int, keep: int) -> list[list[int]]:
+def _prompt_rows(
+    tokenizer: Any, prompts: list[str] | None, num_samples: int, keep: int, add_special_tokens: bool = True
+) -> list[list[int]]:
     """Prompt token rows: each prompt's newest ``keep`` tokens (so prompt + completion fit the generator's
     positions), or ``num_samples`` BOS-only rows for unconditional texts."""
     if prompts is None:
         return [[start_token_id(tokenizer)] for _ in range(num_samples)]
-    return [tokenizer(p)["input_ids"][-keep:] or [start_token_id(tokenizer)] for p in prompts]
+    rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"][-keep:] for p in prompts]
+    return [row or [start_token_id(tokenizer)] for row in rows]

@@ -304,3 +304,39 @@ def test_generate_from_conversational_rows(chat_lm, tok, tmp_path, capsys):
         assert row["reference"] == tok.decode(tok(answer, add_special_tokens=False)["input_ids"],
                                               skip_special_tokens=True).strip()  # fmt: skip
         assert TURN_END not in row["reference"] and isinstance(row["completion"], str)
+
+
+def test_cooperative_generate_on_chat_rows_adds_no_second_bos(chat_lm, tmp_path, monkeypatch):
+    """`hfcoop generate --decoding resample|mcts` on chat rows: the rendered prompt already holds the template's
+    special tokens, so a tokenizer that prepends BOS must not prepend it again (as plain sampling already did)."""
+    import shutil
+
+    from tokenizers.processors import TemplateProcessing
+
+    import hfcoop.cooperative_decoding as cd
+
+    model_dir = str(tmp_path / "bos_lm")
+    shutil.copytree(chat_lm, model_dir)
+    bos_tok = load_tokenizer(None, chat_lm)
+    bos_tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos_tok.bos_token} $A", special_tokens=[(bos_tok.bos_token, bos_tok.bos_token_id)]
+    )
+    bos_tok.save_pretrained(model_dir)
+    bos_tok = load_tokenizer(None, model_dir)
+    assert bos_tok("a")["input_ids"][0] == bos_tok.bos_token_id  # this tokenizer really prepends BOS
+    seen: list[list[int]] = []
+    prompt_rows = cd._prompt_rows
+    monkeypatch.setattr(cd, "_prompt_rows", lambda *a, **k: seen.extend(prompt_rows(*a, **k)) or seen[-len(a[1]):])
+    monkeypatch.setattr(cd, "_discriminator_score_fn", lambda *a: (lambda p, pm, c, cm: torch.zeros(p.shape[0])))
+    data = tmp_path / "short_chat.jsonl"  # prompts short enough that no truncation drops their first token
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": q}],
+                                        "completion": [{"role": "assistant", "content": "a question"}]}) + "\n"
+                            for q in ("what is the answer", "who wrote it")))  # fmt: skip
+    out = tmp_path / "gen.jsonl"
+    main(["generate", "--model_name_or_path", model_dir, "--dataset_name", str(data), "--max_eval_samples", "2",
+          "--max_new_tokens", "4", "--decoding", "resample", "--discriminator_name_or_path", "flat",
+          "--num_candidates", "2", "--output_file", str(out)])  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and len(seen) == 2
+    for row, ids in zip(rows, seen):
+        assert ids == bos_tok(row["prompt"], add_special_tokens=False)["input_ids"]
