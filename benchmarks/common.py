@@ -271,16 +271,25 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+_GIT_STATE: list[str] = []
+
+
 def git_state() -> str:
-    """HEAD and the modified tracked files of the working tree the benchmark ran against."""
+    """HEAD and the modified tracked files of the working tree the benchmark ran against: read once, when the
+    benchmark starts (its code is loaded then; commits made while it runs must not be credited to it)."""
+    if _GIT_STATE:
+        return _GIT_STATE[0]
     try:
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()  # fmt: skip
         dirty = subprocess.run(["git", "-C", ROOT, "diff", "--name-only", "HEAD"], capture_output=True, text=True,
                                check=True).stdout.split()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else " (clean)")
+        _GIT_STATE.append("unknown (not a git checkout)")
+        return _GIT_STATE[0]
+    _GIT_STATE.append(head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else " (clean)"))
+    return _GIT_STATE[0]
+
 
 
 def environment_line(device: str, threads: int) -> str:
@@ -313,3 +322,5 @@ def save_figure(fig: Any, path: str) -> None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
+
+git_state()  # the snapshot, taken when a benchmark imports this module (before it trains anything)
