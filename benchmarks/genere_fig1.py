@@ -11,8 +11,9 @@ for the same number of steps:
   paper's "hybrid" baseline of Table 5, which isolates what learning γ buys.
 
 Every run starts with ``--warmup`` steps of MLE on the real data (Sec. 3.2 initialises its model with 200 such
-iterations). The test loss is the per-token NLL of held-out real rows. Results: ``benchmarks/results/genere_fig1.md``
-and ``.png``. Default run: 2 sizes x 2 seeds x (MLE + GENERE at 4 fractions + uniform at 2), 28 runs of 300
+iterations). The test loss is the per-token NLL of held-out real rows. Results: ``benchmarks/results/genere_fig1[_tag].md``
+and ``.png``; ``genere_fig1.md`` was measured with the paper's summed reward, ``--eta 0.05 --likelihood-normalization
+sum --shrinkage 1.0``; the defaults now are the trainer's (per-token reward, η_γ 0.1, shrinkage 0.99). Default run: 2 sizes x 2 seeds x (MLE + GENERE at 4 fractions + uniform at 2), 28 runs of 300
 steps, about 8 minutes on 2 CPU cores.
 
     python benchmarks/genere_fig1.py [--sizes 32 512] [--fractions 0 0.25 0.5 0.75 1] [--seeds 0 1]
@@ -48,7 +49,8 @@ def run_one(model: str, n_real: int, fraction: float, learn_gamma: bool, seed: i
             lr_scheduler_type="constant", max_prompt_length=32, max_completion_length=16, generative_weight=weight,
             mixture_learning_rate=a.eta if learn_gamma else 0.0, mle_warmup_steps=a.warmup, save_strategy="no",
             logging_steps=a.steps, report_to="none", use_cpu=True, disable_tqdm=True, seed=seed,
-            per_device_eval_batch_size=128, likelihood_normalization="sum", mixture_shrinkage=1.0,  # as measured
+            per_device_eval_batch_size=128, likelihood_normalization=a.likelihood_normalization,
+            mixture_shrinkage=a.shrinkage,
         )  # fmt: skip
         trainer = GenereTrainer(
             model, EQUATION_GENERATORS, args=args, train_dataset=equation_dataset(n_real, seed=1000 + seed),
@@ -72,7 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=50, help="MLE warm-up steps (mle_warmup_steps)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--eta", type=float, default=0.05, help="mixture_learning_rate η_γ")
+    parser.add_argument("--eta", type=float, default=0.1, help="mixture_learning_rate η_γ (the paper's 0.1)")
+    parser.add_argument("--likelihood-normalization", default="per_token", choices=["per_token", "sum"],
+                        help="the γ update's reward (GenereConfig.likelihood_normalization; default: the trainer's)")
+    parser.add_argument("--shrinkage", type=float, default=0.99, help="mixture_shrinkage (the paper's 0.99)")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--test-size", type=int, default=512)
     parser.add_argument("--n-embd", type=int, default=128, help="width of the tiny GPT-2")
     parser.add_argument("--n-head", type=int, default=4)
@@ -114,9 +120,10 @@ def main(argv: list[str] | None = None) -> None:
                               f"pi_match {r['pi_match']:.2f}  [{time.time() - start:.0f}s]", flush=True)  # fmt: skip
     elapsed = (time.time() - start, time.process_time() - cpu_start)
     os.makedirs(a.out, exist_ok=True)
-    write_markdown(results, a, fractions, methods, elapsed, os.path.join(a.out, "genere_fig1.md"))
-    plot(results, a, fractions, methods, os.path.join(a.out, "genere_fig1.png"))
-    print(open(os.path.join(a.out, "genere_fig1.md")).read())
+    stem = os.path.join(a.out, "genere_fig1" + (f"_{a.tag}" if a.tag else ""))
+    write_markdown(results, a, fractions, methods, elapsed, stem + ".md")
+    plot(results, a, fractions, methods, stem + ".png")
+    print(open(stem + ".md").read())
 
 
 def _mean(rs: list[dict], key: str) -> float:
@@ -144,7 +151,7 @@ def write_markdown(results, a, fractions, methods, elapsed, path) -> None:
         f"Tiny GPT-2 ({a.n_layer} layers x {a.n_embd}, {a.n_head} heads, word-level tokenizer), {a.steps} optimizer "
         f"steps of batch {a.batch_size} per run "
         f"(the first {a.warmup} plain MLE on the real rows, as Sec. 3.2 initialises its model), Adam lr {a.lr}, "
-        f"GENERE η_γ = {a.eta}, σ = 1, α = 0.98; K = 5 base generators (1 matching + 4 distractors). "
+        f"GENERE η_γ = {a.eta}, reward {a.likelihood_normalization}, shrinkage {a.shrinkage}, σ = 1, α = 0.98; K = 5 base generators (1 matching + 4 distractors). "
         f"Test loss = per-token NLL of {a.test_size} held-out real rows (mean ± std over seeds {a.seeds}). "
         "f = fraction of real rows in the training mix (λ = (1 - f)/f); f = 1 is MLE (λ = 0) and appears in every row "
         "of its panel. *Uniform mixture* = GENERE with γ frozen at 0 (η_γ = 0).",
