@@ -293,8 +293,8 @@ def test_the_matching_generator_wins_whatever_the_lengths(normalization, tmp_pat
 
     A model trained on the data gives every word ~ln 8 = 2.1 nats and EOS only after 6 words, so a 1-word row
     sums to ~-2.1 - (an unlikely EOS) ≈ -6, far above a matching row's ~-12.5: the summed reward of the paper
-    crowns the shortest generator. Per token the matching rows score best. Defaults otherwise (η_γ 0.1, shrinkage
-    0.99: per-token advantages are ~1 nat, so π moves slowly and the shrinkage caps γ near 10x the mean score)."""
+    crowns the shortest generator. Per token (on the sum's scale) the matching rows score best. Defaults otherwise
+    (η_γ 0.1, shrinkage 0.99)."""
     from datasets import Dataset
 
     from hfcoop.tiny import build_tiny_model
@@ -311,9 +311,8 @@ def test_the_matching_generator_wins_whatever_the_lengths(normalization, tmp_pat
     trainer.train()
     pi = trainer.mixture_proportions
     print(normalization, "learned proportions:", [round(p, 3) for p in pi])
-    if normalization == "per_token":  # measured π = (0.23, 0.47, 0.30) after 80 γ steps
-        others = max(pi[0], pi[2])
-        assert pi[1] > others + 0.1 and pi[1] > 0.4, pi
+    if normalization == "per_token":  # measured π = (0.004, 0.971, 0.026) after 80 γ steps (0.47 unscaled)
+        assert pi[1] > 0.8, pi
     else:  # the paper's reward: the shortest generator wins (measured π_short = 0.95), why it is not the default
         assert pi[0] > 0.8, pi
 
