@@ -633,7 +633,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 
     from .batching import pad_left
-    from .data import start_token_id
+    from .cooperative_decoding import prompt_rows
     from .modeling import eos_token_ids, load_causal_lm, load_tokenizer, max_positions
     from .sampling import build_generation_config, generation_mode, sample_completions
 
@@ -675,8 +675,8 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
             for start in range(0, len(requests), a.batch_size):
                 batch = requests[start : start + a.batch_size]
                 # Chat prompts already hold the template's special tokens: not added twice.
-                ids = [tokenizer(r["prompt"], add_special_tokens=not r.get("chat"))["input_ids"][-limit:]
-                       if r["prompt"] else [start_token_id(tokenizer)] for r in batch]  # fmt: skip
+                ids = prompt_rows(tokenizer, [r["prompt"] for r in batch], len(batch), limit,
+                                  add_special_tokens=not batch[0].get("chat"))  # fmt: skip
                 prompt_ids, prompt_mask = pad_left(ids, tokenizer.pad_token_id)
                 out, _ = sample_completions(g, prompt_ids, prompt_mask, config)
                 completions += tokenizer.batch_decode(out, skip_special_tokens=True)

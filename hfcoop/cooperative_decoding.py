@@ -324,7 +324,7 @@ def cooperative_generate(
     generator = load_causal_lm(model)
     score_fn = _discriminator_score_fn(discriminator, generator, tokenizer, discriminator_tokenizer)
     keep = (max_positions(generator) or 10**9) - max_new_tokens
-    rows = _prompt_rows(tokenizer, prompts, num_samples, keep, add_special_tokens)
+    rows = prompt_rows(tokenizer, prompts, num_samples, keep, add_special_tokens)
     eos_ids = eos_token_ids(tokenizer, generator)
     if method == "resample":
         config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p, eos_ids)
@@ -379,11 +379,12 @@ def _discriminator_score_fn(discriminator: Any, generator: nn.Module, tokenizer:
     )
 
 
-def _prompt_rows(
+def prompt_rows(
     tokenizer: Any, prompts: list[str] | None, num_samples: int, keep: int, add_special_tokens: bool = True
 ) -> list[list[int]]:
     """Prompt token rows: each prompt's newest ``keep`` tokens (so prompt + completion fit the generator's
-    positions), or ``num_samples`` BOS-only rows for unconditional texts."""
+    positions), or ``num_samples`` BOS-only rows for unconditional texts. ``add_special_tokens=False`` for prompts
+    already rendered by a chat template. Plain sampling in ``hfcoop generate`` uses it too."""
     if prompts is None:
         return [[start_token_id(tokenizer)] for _ in range(num_samples)]
     rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"][-keep:] for p in prompts]

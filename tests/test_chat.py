@@ -325,8 +325,8 @@ def test_cooperative_generate_on_chat_rows_adds_no_second_bos(chat_lm, tmp_path,
     bos_tok = load_tokenizer(None, model_dir)
     assert bos_tok("a")["input_ids"][0] == bos_tok.bos_token_id  # this tokenizer really prepends BOS
     seen: list[list[int]] = []
-    prompt_rows = cd._prompt_rows
-    monkeypatch.setattr(cd, "_prompt_rows", lambda *a, **k: seen.extend(prompt_rows(*a, **k)) or seen[-len(a[1]):])
+    prompt_rows = cd.prompt_rows
+    monkeypatch.setattr(cd, "prompt_rows", lambda *a, **k: seen.extend(prompt_rows(*a, **k)) or seen[-len(a[1]):])
     monkeypatch.setattr(cd, "_discriminator_score_fn", lambda *a: (lambda p, pm, c, cm: torch.zeros(p.shape[0])))
     data = tmp_path / "short_chat.jsonl"  # prompts short enough that no truncation drops their first token
     data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": q}],
