@@ -60,3 +60,8 @@ def concat_rows(blocks: Sequence[Rows], pad_id: int) -> Rows:
     after right-padding them to a common width."""
     padded = pad_to_common_width(blocks, pad_id)
     return torch.cat([ids for ids, _ in padded]), torch.cat([mask for _, mask in padded])
+
+
+def unpack_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values of packed masked-in positions, ``(N,)``, back to ``(B, T)`` with zeros elsewhere."""
+    return values.new_zeros(mask.shape).masked_scatter(mask.bool(), values)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .batching import unpack_tokens
+
 
 class _TokenLogprobs(torch.autograd.Function):
     """``gather - logsumexp`` with its gradient written out: ``d/dx = onehot(label) - softmax(x)``.
@@ -50,6 +52,13 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+def packed_token_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`token_logprobs` of *packed* logits ``(N, V)`` (the masked-in positions of ``mask``, row-major: what the
+    pair returns for ``lm_inputs(..., packed=True)``), back at ``(B, T)`` with 0 where ``mask`` is 0."""
+    keep = mask.bool()
+    return unpack_tokens(token_logprobs(logits, labels[keep]), mask)
 
 
 def sequence_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

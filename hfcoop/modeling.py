@@ -1,8 +1,8 @@
 """Loading generators and companions, and the one module that holds both.
 
 The generator and its companion live in one ``nn.Module`` (:class:`CooperativePair`) so that a single
-``accelerator.prepare``, one optimizer with per-model parameter groups and one backward serve both: mixed
-precision, DDP/DeepSpeed/FSDP, gradient accumulation and checkpoints then cover the companion for free.
+``accelerator.prepare`` and one optimizer with per-model parameter groups serve both: mixed precision,
+DDP/DeepSpeed/FSDP, gradient accumulation and checkpoints then cover the companion for free.
 """
 
 from __future__ import annotations
@@ -293,11 +293,6 @@ def completion_logits(
     return logits if completion_mask is None else logits[completion_mask.bool()]
 
 
-def unpack_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token values of packed masked-in positions, ``(N,)``, back to ``(B, T)`` with zeros elsewhere."""
-    return values.new_zeros(mask.shape).masked_scatter(mask.bool(), values)
-
-
 _MASK_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
@@ -389,7 +384,9 @@ class PairInput(TypedDict, total=False):
 class CooperativePair(nn.Module):
     """Generator + companion as one module; ``forward`` runs whichever of the two is given inputs.
 
-    One forward per step (even when both models run) keeps DDP's one-forward-one-backward contract.
+    A step either runs the companion, backpropagates it, then runs the generator (one process, DDP with unused
+    parameters allowed) or runs both in one call (DeepSpeed, FSDP: one backward per micro-step); see
+    :meth:`hfcoop.trainers.base.CooperativeTrainer.pair_forward`.
     ``companion`` may be ``None`` (MLE) or any ``nn.Module`` (an LM, a sequence classifier, a parameter holder).
     """
 

@@ -7,7 +7,7 @@ once and are frozen, so the pair costs one model plus two adapters instead of tw
 gradients and optimizer states.
 
 Why not ``PeftModel.set_adapter``: it also flips ``requires_grad`` (only the active adapter stays trainable),
-and one step needs both adapters' gradients from one backward (the generator's forward, then the companion's).
+and one step needs both adapters' gradients (under DeepSpeed / FSDP from one backward through both forwards).
 :func:`adapter_scope` switches only which adapter the LoRA layers *compute with*; both stay trainable, and the
 generator adapter is active everywhere outside a companion call (sampling, export, evaluation).
 """

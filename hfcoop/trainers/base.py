@@ -1,9 +1,11 @@
 """The shared mechanism: a generator plus one companion model, trained together by ``transformers.Trainer``.
 
-Each step: sample from the generator (no grad, eval mode, KV cache) -> one forward of the
-:class:`~hfcoop.modeling.CooperativePair` (companion on real + generated, generator on its training
-sequences) -> ``loss = generator_loss(detached companion signal) + companion_loss`` -> one backward, one
-optimizer step with per-model parameter groups. Subclasses implement :meth:`CooperativeTrainer.cooperative_step`.
+Each step: sample from the generator (no grad, eval mode, KV cache) -> the companion's forward (real + generated)
+and its loss, backpropagated at once -> the generator's forward on its training sequences -> ``generator_loss(
+detached companion signal)``, backpropagated by Trainer -> one optimizer step with per-model parameter groups.
+Under DeepSpeed / FSDP (one backward per micro-step) both models run in one forward of the
+:class:`~hfcoop.modeling.CooperativePair` and the summed loss has one backward (:meth:`CooperativeTrainer.pair_forward`).
+Subclasses implement :meth:`CooperativeTrainer.cooperative_step`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -111,7 +113,7 @@ class CooperativeConfig(TrainingArguments):
         metadata={
             "help": "Generator and companion as two LoRA adapters (plus a scorer's one-logit head) on ONE frozen base "
             "model instead of two models: needs `peft_config`; the companion starts at the base model. CoT, ψ-MLE, "
-            "GCN. Peak memory at 124M: 1.2-1.4x LoRA-SFT's, a third of the two-model pair's (benchmarks/README)."
+            "GCN. Peak memory at 124M: 1.0-1.12x LoRA-SFT's, a third of the two-model pair's (benchmarks/README)."
         },
     )
     trust_remote_code: bool = field(
@@ -157,8 +159,10 @@ class CooperativeConfig(TrainingArguments):
         return None
 
     def needs_unused_parameters(self) -> bool:
-        """Whether some parameters can miss a backward pass (DDP must then search for unused parameters)."""
-        return self.companion_warmup_steps > 0  # the generator sits out the warm-up steps
+        """Whether some parameters can miss a backward pass (DDP must then search for unused parameters): with a
+        companion, each step backpropagates the companion's loss before the generator's forward (two passes, each
+        leaving the other model's parameters unused; ``CooperativeTrainer.pair_forward``)."""
+        return self.has_learned_companion
 
     def __getstate__(self) -> dict[str, Any]:
         # Trainer pickles its arguments into checkpoints and Hub uploads (training_args.bin): never the token.
@@ -464,6 +468,47 @@ class CooperativeTrainer(Trainer):
         self._sample_calls += 1
         key = f"{self.args.seed}/{self.accelerator.process_index}/{step}/{self._sample_calls}"
         return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
+
+    def pair_forward(
+        self,
+        model: nn.Module,
+        generator: PairInput | None,
+        companion: PairInput,
+        companion_term: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The step's forwards: ``(generator logits, companion logits, companion_term(companion logits))``.
+
+        ``companion_term`` maps the companion's logits to its term of the step's loss (no term reaches both models:
+        the generator's loss uses the companion's output detached). Where the engine allows it
+        (:meth:`companion_backward_first`) that term is backpropagated *before* the generator's forward, so the
+        companion's activations are freed before the generator's exist and the step's peak holds one model's
+        activations, not both; the companion's logits and term then come back detached (their gradients are already
+        in ``.grad``) and the loss the caller returns, ``generator term + companion term``, backpropagates into the
+        generator only. Same gradients, same logged loss as the one-forward schedule used otherwise.
+        """
+        if generator is None or not self.companion_backward_first(model):
+            gen_logits, comp_logits = model(generator=generator, companion=companion)
+            return gen_logits, comp_logits, companion_term(comp_logits)
+        _, comp_logits = model(companion=companion)
+        term = companion_term(comp_logits)
+        # Scaled as Trainer.training_step scales the returned loss (outside its loop, e.g. a direct call: unscaled).
+        self.accelerator.backward(term / getattr(self, "current_gradient_accumulation_steps", 1))
+        gen_logits, _ = model(generator=generator)
+        return gen_logits, comp_logits.detach(), term.detach()
+
+    def companion_backward_first(self, model: nn.Module) -> bool:
+        """Whether the step may take two backward passes (companion, then generator): one process, or DDP that
+        tolerates parameters unused by a pass (``ddp_find_unused_parameters``, hfcoop's default for companion
+        trainers). DeepSpeed's and FSDP's engines, DataParallel and compiled models take the one-forward schedule,
+        as does a call without autograd."""
+        from torch.distributed.fsdp import FSDPModule
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not torch.is_grad_enabled():
+            return False
+        if isinstance(model, DistributedDataParallel):
+            return bool(model.find_unused_parameters)
+        return model is self.pair and not isinstance(model, FSDPModule)
 
     @staticmethod
     def lm_inputs(

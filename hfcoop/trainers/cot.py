@@ -20,17 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..batching import concat_rows, pad_columns  # noqa: F401 (pad_columns: old import path)
+from ..batching import concat_rows, pad_columns, unpack_tokens  # noqa: F401 (pad_columns: old import path)
 from ..distributed import copy_model
 from ..losses import (
     cot_generator_loss,
     masked_token_mean,
     mediator_loss,
+    packed_token_logprobs,
     per_token_kl,
     scale_to_token_budget,
-    token_logprobs,
 )
-from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs, unpack_tokens
+from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs
 from ..shared_base import add_companion_adapter
 from .base import CooperativeConfig, CooperativeTrainer
 
@@ -65,9 +65,6 @@ class CoTConfig(CooperativeConfig):
     @property
     def companion_learning_rate(self) -> float | None:
         return self.mediator_learning_rate
-
-    def needs_unused_parameters(self) -> bool:
-        return self.mediator_steps > 1 or super().needs_unused_parameters()  # generator sits out mediator-only steps
 
     def __post_init__(self) -> None:
         if self.mediator_steps < 1:
@@ -148,15 +145,19 @@ class CoTTrainer(CooperativeTrainer):
         med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask, packed=True)
         train_generator = self.is_generator_step()
         gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask, packed=True) if train_generator else None
-        gen_logits, med_logits = model(generator=gen_part, companion=med_part)
-        med_logprobs = unpack_tokens(token_logprobs(med_logits, med_ids[med_mask.bool()]), med_mask)
-        loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
-        self.log_metric("companion/loss", loss_m)  # Sec. 4.1.2: the live progress indicator
-        self.log_metric("companion/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
-        self.log_metric("companion/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
+
+        def mediator_term(med_logits: torch.Tensor) -> torch.Tensor:
+            med_logprobs = packed_token_logprobs(med_logits, med_ids, med_mask)
+            loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
+            self.log_metric("companion/loss", loss_m)  # Sec. 4.1.2: the live progress indicator
+            self.log_metric("companion/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
+            self.log_metric("companion/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
+            return scale_to_token_budget(loss_m, self.args.max_completion_length)
+
+        gen_logits, med_logits, loss_m = self.pair_forward(model, gen_part, med_part, mediator_term)
         if not train_generator:  # no generator logits this step: the table shows the samples without their KL
             self.record_completions(prompt_ids, gen_ids, gen_mask)
-            return scale_to_token_budget(loss_m, self.args.max_completion_length)
+            return loss_m
 
         # Generator: Eq. (14) on its own samples, against the mediator's detached distributions (line 9).
         # The generated rows' tokens are the last ones of the mediator's packed rows, in the generator's order.
@@ -171,10 +172,10 @@ class CoTTrainer(CooperativeTrainer):
         kl = unpack_tokens(kl, gen_mask)
         gen_logprobs = None
         if self.args.gamma:
-            gen_logprobs = unpack_tokens(token_logprobs(gen_logits, gen_ids[gen_mask.bool()]), gen_mask)
+            gen_logprobs = packed_token_logprobs(gen_logits, gen_ids, gen_mask)
         loss_g = cot_generator_loss(kl, gen_mask, gen_logprobs, self.args.gamma)
         self.log_metric("generator/loss", loss_g)
         self.log_metric("generator/kl_per_token", masked_token_mean(kl.detach(), gen_mask))
         kl_per_sample = (kl.detach() * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
         self.record_completions(prompt_ids, gen_ids, gen_mask, kl_per_token=kl_per_sample)
-        return scale_to_token_budget(loss_m + loss_g, self.args.max_completion_length)
+        return scale_to_token_budget(loss_g, self.args.max_completion_length) + loss_m

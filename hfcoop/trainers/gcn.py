@@ -6,8 +6,8 @@
         3. generate M samples y_i ~ q̂  (a proposal for q ∝ p_theta · D)
         4. θ ← θ + ε / (Σ_i w_i) Σ_i w_i ∇θ log p_theta(y_i),   w_i = q(y_i) / q̂(y_i)
 
-Each optimizer step does 2 and 4 from one forward: D on the real batch and the step's samples from p_theta,
-the generator on the samples of q̂ with self-normalised weights computed from the same (detached) D scores.
+Each optimizer step does 2 and 4: D on the real batch and the step's samples from p_theta, then the generator on
+the samples of q̂ with self-normalised weights computed from the same (detached) D scores.
 
 Importance weights per ``sampler`` (q̂), for ``weighting="d"`` (q ∝ p·D) / ``"ratio"`` (q ∝ p·D/(1-D)):
 
@@ -28,6 +28,7 @@ and over the whole micro-batch for unconditional data (every prompt is BOS).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -42,8 +43,8 @@ from ..losses import (
     effective_sample_size,
     gcn_log_weights,
     importance_weights,
+    packed_token_logprobs,
     scale_to_token_budget,
-    token_logprobs,
     weighted_nll_loss,
 )
 from ..sampling import generation_mode
@@ -238,22 +239,24 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         if args.mle_weight > 0:
             g_ids, g_mask = torch.cat([train_ids, real_ids]), torch.cat([train_mask, real_mask])
             g_rows = torch.cat([train_rows, torch.arange(batch, device=train_rows.device)])
-        g_part = self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask) if train_generator else None
-        gen_logits, d_logits = model(generator=g_part, companion=d_part)
-        d_gen, loss_d = self._discriminator_step(d_logits, batch, prompt_ids[neg_rows], neg_ids, neg_mask)
+        g_part = (self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask, packed=True)
+                  if train_generator else None)  # packed: the LM head on masked-in tokens only
+        discriminator_term = partial(self._discriminator_loss, batch=batch, neg_prompts=prompt_ids[neg_rows],
+                                     neg_ids=neg_ids, neg_mask=neg_mask)  # fmt: skip
+        gen_logits, d_logits, loss_d = self.pair_forward(model, g_part, d_part, discriminator_term)
         if not train_generator:
             return loss_d
 
         # Weighted MLE on q̂'s samples with self-normalised w = q/q̂ (see the module docstring).
-        d_train = torch.zeros(n_train, device=d_gen.device)
+        d_train = torch.zeros(n_train, device=d_logits.device)
         if args.sampler == "model":  # D of the samples, from a dropout-free forward (D's own loss keeps dropout)
-            d_train = d_gen.detach()
+            d_train = d_logits.squeeze(-1).float()[batch:].detach()
             if self.companion_signal_needs_eval_forward():
                 with self.companion_eval() as discriminator:
                     d_train = scorer_logits(discriminator, self.companion_inputs(
                         prompt_ids[neg_rows], prompt_mask[neg_rows], neg_ids, neg_mask)["inputs"])  # fmt: skip
-        loss_g = self._generator_loss(token_logprobs(gen_logits, g_ids) * g_mask, n_train, d_train, train_rows)
-        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_d  # loss_d is per sequence
+        loss_g = self._generator_loss(packed_token_logprobs(gen_logits, g_ids, g_mask), n_train, d_train, train_rows)
+        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_d
 
     def _step_samples(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, train_generator: bool
@@ -267,11 +270,11 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
         train_rows = torch.arange(prompt_ids.shape[0], device=neg_ids.device).repeat_interleave(k)
         return neg_ids, neg_mask, neg_ids[:0], neg_mask[:0], train_rows
 
-    def _discriminator_step(
+    def _discriminator_loss(
         self, d_logits: torch.Tensor, batch: int, neg_prompts: torch.Tensor, neg_ids: torch.Tensor,
         neg_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(D's logits on the negatives, D's per-sequence loss), logged; the real rows come first."""
+    ) -> torch.Tensor:  # fmt: skip
+        """D's per-sequence loss (not scaled to the token budget), logged; the real rows come first."""
         d_logits = d_logits.squeeze(-1).float()
         if not torch.isfinite(d_logits).all():
             raise FloatingPointError(
@@ -286,7 +289,7 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
             self.log_metric("companion/d_generated", torch.sigmoid(d_gen).mean())
             # D of the plain p_theta samples (the generator's own), beside their prompts.
             self.record_completions(neg_prompts, neg_ids, neg_mask, D=torch.sigmoid(d_gen))
-        return d_gen, loss_d
+        return loss_d
 
     def _generator_loss(
         self, logprobs: torch.Tensor, n_train: int, d_train: torch.Tensor, train_rows: torch.Tensor

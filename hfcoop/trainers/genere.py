@@ -80,8 +80,8 @@ from ..losses import (
     genere_sampling_probs,
     masked_token_mean,
     mle_loss,
+    packed_token_logprobs,
     scale_to_token_budget,
-    token_logprobs,
 )
 from .base import CooperativeConfig, CooperativeTrainer
 
@@ -392,8 +392,8 @@ class GenereTrainer(CooperativeTrainer):
             inputs, generated, deltas = self._mix(inputs)
         ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
-        logits, _ = model(generator=self.lm_inputs(prompt_ids, prompt_mask, ids, mask))
-        logprobs = token_logprobs(logits, ids)
+        logits, _ = model(generator=self.lm_inputs(prompt_ids, prompt_mask, ids, mask, packed=True))
+        logprobs = packed_token_logprobs(logits, ids, mask)  # 0 at padding; the LM head ran on real tokens only
         self.log_metric("generator/nll_per_token", -masked_token_mean(logprobs, mask))
         loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
         if active:

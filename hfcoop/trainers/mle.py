@@ -8,8 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..losses import masked_token_mean, mle_loss, scale_to_token_budget, token_logprobs
-from ..modeling import unpack_tokens
+from ..losses import masked_token_mean, mle_loss, packed_token_logprobs, scale_to_token_budget
 from .base import CooperativeConfig, CooperativeTrainer
 
 
@@ -40,6 +39,6 @@ class MLETrainer(CooperativeTrainer):
         # loss multiplies by 0 anyway: same values, less work (benchmarks/README.md).
         part = self.lm_inputs(inputs["prompt_input_ids"], inputs["prompt_attention_mask"], ids, mask, packed=True)
         logits, _ = model(generator=part)
-        logprobs = unpack_tokens(token_logprobs(logits, ids[mask.bool()]), mask)
+        logprobs = packed_token_logprobs(logits, ids, mask)
         self.log_metric("generator/nll_per_token", -masked_token_mean(logprobs, mask))
         return scale_to_token_budget(mle_loss(logprobs, mask), self.args.max_completion_length)

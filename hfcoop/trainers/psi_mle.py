@@ -5,8 +5,8 @@
         update the density-ratio estimator r_ψ with the Bregman objective           (lines 6-9, Eq. 11, Table 4)
         update p_theta by MLE on {z} weighted by r_ψ(z), self-normalised, flattened  (lines 10-13, Eq. 7, 18, 19)
 
-Each optimizer step does both updates from one forward: r_ψ (a one-logit sequence scorer, ``log r = logit``) on
-the real batch and an equal batch of fresh samples, the generator on the same sequences. The mixture is taken
+Each optimizer step does both updates: r_ψ (a one-logit sequence scorer, ``log r = logit``) on the real batch and
+an equal batch of fresh samples, then the generator on the same sequences. The mixture is taken
 in expectation rather than by drawing: real rows count ``m``, generated rows ``1 - m`` (same expectation as
 line 5's random mix, lower variance, deterministic).
 
@@ -30,8 +30,8 @@ from ..losses import (
     effective_sample_size,
     importance_weights,
     mixture_to_data_log_ratio,
+    packed_token_logprobs,
     scale_to_token_budget,
-    token_logprobs,
     weighted_nll_loss,
 )
 from ..scorers import ScorerCompanionMixin, scorer_logits
@@ -171,21 +171,23 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         mix = torch.cat([ids.new_full((batch,), 1) * m, ids.new_full((batch,), 1) * (1 - m)]).float() / batch
         rows = torch.nonzero(mix > 0).squeeze(1)
         train_generator = self.generator_learns()
-        gen_part = self.lm_inputs(prompts[rows], prompts_mask[rows], ids[rows], mask[rows]) if train_generator else None
-        gen_logits, ratio_logits = model(
-            generator=gen_part, companion=self.companion_inputs(prompts, prompts_mask, ids, mask)
-        )
+        gen_part = (self.lm_inputs(prompts[rows], prompts_mask[rows], ids[rows], mask[rows], packed=True)
+                    if train_generator else None)  # packed: the LM head on masked-in tokens only
+
+        def ratio_term(ratio_logits: torch.Tensor) -> torch.Tensor:  # the Bregman objective (Alg. 1, lines 6-9)
+            log_r = ratio_logits.squeeze(-1).float()
+            check_finite_log_ratios(log_r)
+            loss_r = psi_mle_ratio_loss(log_r[:batch], log_r[batch:], args.bregman_f, args.ratio_target, m)
+            if not torch.isfinite(loss_r):
+                check_finite_log_ratios(torch.exp(log_r), "ratio model's exp(log-ratio)")
+                raise FloatingPointError(
+                    f"ψ-MLE: non-finite Bregman objective ({args.bregman_f}); lower ratio_learning_rate."
+                )
+            return loss_r  # per sequence: not scaled to the token budget
+
+        ratio_part = self.companion_inputs(prompts, prompts_mask, ids, mask)
+        gen_logits, ratio_logits, loss_r = self.pair_forward(model, gen_part, ratio_part, ratio_term)
         log_r = ratio_logits.squeeze(-1).float()
-        check_finite_log_ratios(log_r)
-
-        # Ratio estimator: Bregman objective (Alg. 1, lines 6-9).
-        loss_r = psi_mle_ratio_loss(log_r[:batch], log_r[batch:], args.bregman_f, args.ratio_target, m)
-        if not torch.isfinite(loss_r):
-            check_finite_log_ratios(torch.exp(log_r), "ratio model's exp(log-ratio)")
-            raise FloatingPointError(
-                f"ψ-MLE: non-finite Bregman objective ({args.bregman_f}); lower ratio_learning_rate."
-            )
-
         ratio = torch.exp(log_r.detach())
         self.log_metric("companion/loss", loss_r.detach())
         self.log_metric("companion/ratio_mean_real", ratio[:batch].mean())
@@ -200,15 +202,15 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         log_w = log_r.detach()
         if self.companion_signal_needs_eval_forward():
             with self.companion_eval() as ratio_model:
-                log_w = scorer_logits(ratio_model, self.companion_inputs(prompts, prompts_mask, ids, mask)["inputs"])
+                log_w = scorer_logits(ratio_model, ratio_part["inputs"])
         log_w = log_w[rows]
         if args.ratio_target == "model":
             log_w = mixture_to_data_log_ratio(log_w, m)
         weights = importance_weights(log_w, mix[rows], args.flatten_alpha, args.self_normalize)
-        seq_logprobs = (token_logprobs(gen_logits, ids[rows]) * mask[rows]).sum(-1)
+        seq_logprobs = packed_token_logprobs(gen_logits, ids[rows], mask[rows]).sum(-1)
         loss_g = weighted_nll_loss(seq_logprobs, weights)
 
         self.log_metric("generator/loss", loss_g.detach())
         self.log_metric("generator/weight_share_max", (weights / weights.sum()).max())  # normalised: heaviest share
         self.log_metric("generator/ess", effective_sample_size(weights))  # Kish ESS / n of the weighted estimate
-        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_r  # loss_r is per sequence
+        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_r
