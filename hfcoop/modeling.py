@@ -399,6 +399,17 @@ class CooperativePair(nn.Module):
     def config(self) -> Any:  # Trainer and accelerate read model.config (e.g. for FLOPs, model cards)
         return self.generator.config
 
+    def role_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter by the model that trains it: ``{"generator": [...], "companion": [...]}``. In shared-base
+        mode the companion's adapter lives inside the generator's ``PeftModel`` but is the companion's."""
+        companion: list[nn.Parameter] = []
+        if isinstance(self.companion, AdapterCompanion):
+            companion = self.companion.all_parameters()
+        elif self.companion is not None:
+            companion = list(self.companion.parameters())
+        ids = {id(p) for p in companion}
+        return {"generator": [p for p in self.generator.parameters() if id(p) not in ids], "companion": companion}
+
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
     ) -> None:

@@ -89,22 +89,30 @@ def test_cot_target_comes_from_a_dropout_free_mediator(dropout_lm, tmp_path, mon
     torch.testing.assert_close(med_logits.squeeze(0), logits, atol=1e-4, rtol=0)
 
 
-def test_each_model_is_clipped_on_its_own(tiny_lm, tmp_path):
-    """A large companion gradient must not shrink the generator's step (one joint clip did exactly that)."""
+@pytest.mark.parametrize("shared_base", [False, True], ids=["two_models", "shared_base"])
+def test_each_model_is_clipped_on_its_own(shared_base, tiny_lm, tmp_path):
+    """A large companion gradient must not shrink the generator's step (one joint clip did exactly that) — also in
+    shared-base mode, where the companion's adapter sits inside the generator's PeftModel."""
+    from peft import LoraConfig
+
     data = Dataset.from_dict({"text": coco_lines(16)})
-    trainer = PsiMLETrainer(tiny_lm, train_dataset=data, args=PsiMLEConfig(**settings(tmp_path, max_grad_norm=1.0)))
-    pair = trainer.pair
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM") if shared_base else None
+    args = PsiMLEConfig(**settings(tmp_path, max_grad_norm=1.0, shared_base=shared_base))
+    trainer = PsiMLETrainer(tiny_lm, train_dataset=data, args=args, peft_config=lora)
+    roles = trainer.pair.role_parameters()
+    generator = [p for p in roles["generator"] if p.requires_grad]
+    companion = roles["companion"]
+    assert generator and companion and not {id(p) for p in generator} & {id(p) for p in companion}
     torch.manual_seed(0)
-    for part, norm in ((pair.generator, 0.5), (pair.companion, 100.0)):
-        params = list(part.parameters())
+    for params, norm in ((generator, 0.5), (companion, 100.0)):
         grads = [torch.randn_like(p) for p in params]
         scale = norm / float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         for p, g in zip(params, grads):
             p.grad = g * scale
-    gen_before = [p.grad.clone() for p in pair.generator.parameters()]
+    gen_before = [p.grad.clone() for p in generator]
     trainer.model.train()
     total = trainer._clip_grad_norm(trainer.model)
     assert abs(float(total) - (0.5**2 + 100.0**2) ** 0.5) < 1e-2  # the reported norm is still the joint one
-    assert all(torch.equal(a, p.grad) for a, p in zip(gen_before, pair.generator.parameters()))  # below its max
-    comp = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in pair.companion.parameters()])))
+    assert all(torch.equal(a, p.grad) for a, p in zip(gen_before, generator))  # below its max: untouched
+    comp = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in companion])))
     assert abs(comp - 1.0) < 1e-4  # clipped to max_grad_norm on its own

@@ -54,7 +54,7 @@ from ..modeling import (
     sequence_inputs,
     unwrap_peft,
 )
-from ..shared_base import GENERATOR_ADAPTER, AdapterCompanion, check_shared_base_peft_config
+from ..shared_base import GENERATOR_ADAPTER, check_shared_base_peft_config
 from ..sampling import build_generation_config, generation_mode, sample_completions
 from ..watching import CompletionsLogger, write_completions
 
@@ -698,10 +698,8 @@ class CooperativeTrainer(Trainer):
             return super()._clip_grad_norm(model)
         self.accelerator.unscale_gradients()  # fp16: once, before both clips
         norms = []
-        for name, part in (("generator", pair.generator), ("companion", pair.companion)):
-            norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in part.parameters() if p.grad is not None], self.args.max_grad_norm
-            )
+        for name, params in pair.role_parameters().items():  # shared base: each adapter with its own model
+            norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.args.max_grad_norm)
             self.log_metric(f"{name}/grad_norm", norm)
             norms.append(norm.float())
         return torch.linalg.vector_norm(torch.stack(norms))
@@ -715,8 +713,7 @@ class CooperativeTrainer(Trainer):
         companion_lr = self.args.companion_learning_rate
         if companion_lr is None:  # not `or`: 0.0 is a real setting (a frozen companion)
             companion_lr = self.args.learning_rate
-        params = companion.all_parameters() if isinstance(companion, AdapterCompanion) else companion.parameters()
-        companion_ids = {id(p) for p in params}
+        companion_ids = {id(p) for p in self.pair.role_parameters()["companion"]}
         groups = []
         for group in optimizer.param_groups:
             for is_companion in (False, True):
