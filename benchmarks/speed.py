@@ -315,7 +315,7 @@ def lora_config(r: int = 16):
                       target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")  # fmt: skip
 
 
-FLOOR_PARTS = ["sampling", "generator f+b", "companion f+b", "optimizer"]
+FLOOR_PARTS = ["sampling", "generator f+b", "companion f+b", "clip + optimizer"]
 
 
 def time_parts(trainer, reps: int, cuda: bool) -> dict[str, tuple[float, float]]:
@@ -407,7 +407,12 @@ def time_parts(trainer, reps: int, cuda: bool) -> dict[str, tuple[float, float]]
     generator_step()  # gradients for every parameter, then time the update alone
     if companion_rows is not None:
         companion_step()
-    parts["optimizer"] = timed(trainer.optimizer.step, zero_grad=False)
+    def update() -> None:  # what Trainer does once the gradients exist: clip (max_grad_norm, as for TRL), then step
+        if trainer.args.max_grad_norm:
+            trainer._clip_grad_norm(trainer.model)
+        trainer.optimizer.step()
+
+    parts["clip + optimizer"] = timed(update, zero_grad=False)
     trainer.pair.zero_grad(set_to_none=True)
     return parts
 
@@ -707,7 +712,9 @@ def render_floor(args: argparse.Namespace, rows: dict) -> list[str]:
         "",
         "Parts: sampling = `trainer.sample` (the step's completions per prompt, KV-cached); generator f+b / companion "
         "f+b = that model's forward and backward on the rows the step gives it (packed completion logits for LMs, "
-        "the one logit for scorers), loss a plain sum; optimizer = AdamW's update of both models. What a step costs "
+        "the one logit for scorers), loss a plain sum; clip + optimizer = the gradient-norm clip Trainer applies "
+        "(`max_grad_norm`, default 1.0 for every trainer here, TRL's too; per model for hfcoop) and AdamW's update of "
+        "both models. What a step costs "
         "beyond their sum (its losses, padding, per-step bookkeeping, Trainer's loop) is its overhead.",
     ]
     return lines
