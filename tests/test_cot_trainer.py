@@ -117,11 +117,13 @@ def test_gradient_accumulation_matches_large_batch(tiny_lm, coco_prompt_completi
 
 
 def _launch(num_processes, model, out, batch):
-    launch(os.path.join(TESTS, "scripts", "ddp_cot.py"), [model, out, str(batch)], num_processes)
+    stdout = launch(os.path.join(TESTS, "scripts", "ddp_cot.py"), [model, out, str(batch)], num_processes)
+    assert "BACKWARD_CALLS 8" in stdout  # 4 steps, two backward passes each (companion first), under DDP too
     return load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(out, "mediator", "model.safetensors"))
 
 
 def test_two_process_ddp_matches_one_process(tiny_lm, tmp_path):
+    """DDP (find_unused_parameters on, the two-pass schedule) trains exactly like one process with the whole batch."""
     gen2, med2 = _launch(2, tiny_lm, str(tmp_path / "ddp"), 4)
     gen1, med1 = _launch(1, tiny_lm, str(tmp_path / "single"), 8)
     init = load_file(os.path.join(tiny_lm, "model.safetensors"))

@@ -23,8 +23,12 @@ args = CoTConfig(
     logging_steps=1, disable_tqdm=True, use_cpu=True,
 )  # fmt: skip
 trainer = DeterministicSampleCoT(model_path, train_dataset=data, args=args)
+calls = []
+backward = trainer.accelerator.backward
+trainer.accelerator.backward = lambda loss, **kw: (calls.append(1), backward(loss, **kw))[1]
 trainer.train()
 trainer.args.save_companion = True
 trainer.save_model(output_dir)
 if trainer.is_world_process_zero():
     print("WORLD_SIZE", trainer.accelerator.num_processes)
+    print("BACKWARD_CALLS", len(calls))  # 2 per step: the companion's pass, then the generator's
