@@ -8,7 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .noise import quiet_unactionable_messages
+
 __version__ = "0.1.0"
+quiet_unactionable_messages()
 
 _LAZY = {
     **{name: ".trainers" for name in ("CooperativeConfig", "CooperativeTrainer", "CoTConfig", "CoTTrainer", "MLEConfig",

@@ -135,9 +135,23 @@ def prepare_quantized(model: nn.Module) -> nn.Module:
     to ``activation_checkpointing`` (the pair enables it with input grads), so it is not turned on twice here."""
     if not is_quantized(model):
         return model
+    keep_4bit_weights_unpacked(model)
     from peft import prepare_model_for_kbit_training
 
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def keep_4bit_weights_unpacked(model: nn.Module) -> None:
+    """Turn off bitsandbytes' packed CPU format on every 4-bit layer of a model about to be trained.
+
+    On AVX512-BF16 CPUs bitsandbytes (0.50) repacks a 4-bit weight for a fused inference kernel the first time the
+    layer runs in eval mode without grad, which is how hfcoop samples, and never unpacks it when training resumes:
+    the next training forward fails ("a view of a leaf Variable ... in-place"), and layers narrower than one
+    quantization block fail to pack at all ("shape '[96, 0]' is invalid"). Training alternates sampling and
+    updates, so trained models keep bitsandbytes' dequantize path (the one GPUs and training use anyway)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_causal_lm(

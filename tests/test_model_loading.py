@@ -78,12 +78,27 @@ def _packed(module):
     return {n: p.detach().clone() for n, p in module.named_parameters() if p.dtype == torch.uint8}
 
 
-def test_qlora_cot_trains_adapters_on_4bit_generator_and_mediator(tiny_lm, coco_text, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_lm_4bit(tmp_path_factory) -> str:
+    """A tiny GPT-2 whose layers bitsandbytes' packed 4-bit CPU kernels accept (inputs a multiple of the 64-wide
+    quantization block, outputs a multiple of 32 rows): the packed format is reached, not refused by shape."""
+    from conftest import coco_lines
+    from hfcoop.tiny import build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny_lm_4bit")
+    return build_tiny_model(str(path), coco_lines(500), vocab_size=600, n_layer=1, n_embd=64, n_head=2, n_positions=64)
+
+
+@pytest.mark.parametrize("width", [32, 64])
+def test_qlora_cot_trains_adapters_on_4bit_generator_and_mediator(width, tiny_lm, tiny_lm_4bit, coco_text, tmp_path):
+    """Sampling (eval, no grad) then training on 4-bit layers: on AVX512-BF16 CPUs bitsandbytes packed the weights for
+    inference at the first sample, which failed for layers narrower than a block (width 32) and broke the next
+    training forward (width 64); the trained models keep the unpacked format."""
     # bf16 checkpoint weights: QLoRA's preparation upcasts what stays unquantized (norms, embeddings) to float32.
     args = small_args(CoTConfig, tmp_path, learning_rate=1e-2, mediator_learning_rate=1e-2, companion_peft=True,
                       model_init_kwargs={"dtype": "bfloat16", "quantization_config": QUANT_4BIT})  # fmt: skip
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM")
-    trainer = CoTTrainer(tiny_lm, args=args, train_dataset=coco_text, peft_config=lora)
+    trainer = CoTTrainer(tiny_lm if width == 32 else tiny_lm_4bit, args=args, train_dataset=coco_text, peft_config=lora)
     generator, mediator = trainer.pair.generator, trainer.pair.companion
     for model in (generator, mediator):
         assert is_quantized(model)
