@@ -11,7 +11,11 @@ setup(
     description="Cooperative alternatives to maximum likelihood (CoT, psi-MLE, GCN, GENERE) for Hugging Face causal LMs",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["hfcoop", "hfcoop.*"]),
+    # recipes/ ships inside the package as hfcoop/recipes/ (recipes, accelerate configs, bundled data slices), so an
+    # installed wheel runs `hfcoop train cot --config coco/cot_tiny` from any folder (hfcoop/bundled.py finds it).
+    packages=[*find_packages(include=["hfcoop", "hfcoop.*"]), "hfcoop.recipes"],
+    package_dir={"hfcoop.recipes": "recipes"},
+    package_data={"hfcoop.recipes": ["*.md", "*/*.yaml", "*/*.md", "data/*", "data/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

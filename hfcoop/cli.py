@@ -4,6 +4,7 @@
   hfcoop generate --model_name_or_path M [--dataset_name D | --prompts_file F] [--output_file out.jsonl]
   hfcoop evaluate --model_name_or_path M --dataset_name D   |   hfcoop evaluate --predictions_file out.jsonl
   hfcoop sweep --model_name_or_path M1 M2 --dataset_name D    quality-diversity curve over temperatures
+  hfcoop recipes [NAME]                                       the bundled recipes (--config takes their names)
   hfcoop env                                                  versions and devices, for bug reports
 
 YAML recipes and command-line flags fill the same dataclasses (TRL's ``TrlParser``): the script arguments
@@ -28,9 +29,6 @@ from .algorithms import ALGORITHMS
 class ScriptArguments:
     """What to train on and from: model, companion, data (everything that is not a training hyperparameter)."""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Generator: a Hub id or local path of a causal LM."}
-    )
     companion_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Companion (CoT mediator / psi-MLE ratio model / GCN discriminator); default: from the generator."},
@@ -59,20 +57,15 @@ class ScriptArguments:
     eval_dataset_name: str | None = field(
         default=None, metadata={"help": "Evaluation data if it is not a split of `dataset_name` (e.g. a test file)."}
     )
-    dataset_eval_split: str | None = field(
-        default=None, metadata={"help": "Split of `dataset_name` used for evaluation (None: no evaluation split)."}
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={"help": "Split of `dataset_name` used for evaluation and the quality report (TRL's name; None: no "
+                  "evaluation split)."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
     generators: str | None = field(
         default=None, metadata={"help": "GENERE only: `module:attribute` naming a list of black-box data generators."}
-    )
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters on the generator instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules that get adapters (None: peft's default for the architecture)."}
     )
     quality_samples: int = field(
         default=200, metadata={"help": "Samples generated for the before/after quality report (0: skip it)."}
@@ -83,6 +76,67 @@ class ScriptArguments:
     )
 
 
+def model_arguments() -> type:
+    """TRL's ``ModelConfig`` (its flags and meanings: ``model_name_or_path``, ``model_revision``, ``dtype``,
+    ``attn_implementation``, ``load_in_4bit`` / ``load_in_8bit``, ``bnb_4bit_quant_type``, ``use_bnb_nested_quant``,
+    ``use_peft``, ``lora_*``, ``use_dora``, ``use_rslora``), built on first use so that ``hfcoop --help`` imports no trl.
+    One difference: ``dtype`` defaults to ``auto`` (the checkpoint's dtype), as hfcoop's Python API loads models."""
+    global ModelArguments
+    if ModelArguments is None:
+        from trl import ModelConfig
+
+        @dataclass
+        class _ModelArguments(ModelConfig):
+            dtype: str | None = field(
+                default="auto",
+                metadata={"help": "Load the models in this dtype (auto: the checkpoint's).",
+                          "choices": ["auto", "bfloat16", "float16", "float32"]},
+            )
+
+        _ModelArguments.__name__ = _ModelArguments.__qualname__ = "ModelArguments"
+        ModelArguments = _ModelArguments
+    return ModelArguments
+
+
+ModelArguments: type | None = None
+
+
+def apply_model_arguments(model: Any, args: Any) -> Any:
+    """TRL's model flags into the trainer's config, as ``trl sft`` does: ``model_init_kwargs`` gets ``revision``,
+    ``dtype``, ``attn_implementation`` and the bitsandbytes ``quantization_config`` (TRL's
+    ``get_quantization_config``), a recipe's own ``model_init_kwargs`` entries winning; returns TRL's
+    ``get_peft_config`` (None without ``use_peft``)."""
+    import dataclasses
+
+    from trl import get_peft_config, get_quantization_config
+
+    if model.lora_task_type != "CAUSAL_LM":
+        raise SystemExit(f"hfcoop: lora_task_type {model.lora_task_type!r}: the generator is a causal LM, so its "
+                         "adapters are CAUSAL_LM (companions get the task type they need); drop the flag.")  # fmt: skip
+    if (model.load_in_4bit or model.load_in_8bit) and not model.use_peft:
+        raise SystemExit("hfcoop: load_in_4bit / load_in_8bit need use_peft: true (quantized weights are trained "
+                         "through LoRA adapters: QLoRA).")  # fmt: skip
+    kwargs: dict[str, Any] = {"dtype": model.dtype}
+    if model.model_revision not in (None, "main"):
+        kwargs["revision"] = model.model_revision
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    # TRL computes 4-bit matmuls in the model dtype; "auto" is not a dtype, float32 is the safe choice then.
+    quantization = get_quantization_config(dataclasses.replace(model, dtype=model.dtype if model.dtype != "auto" else "float32"))
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization.to_dict()
+    # TRL's ModelConfig turns one --lora_target_modules name into a string, which peft reads as a regex matched against
+    # the whole module path, so `--lora_target_modules c_attn` targeted nothing; one plain name is kept a name.
+    target = model.lora_target_modules
+    if isinstance(target, str) and target != "all-linear" and target.replace("_", "").replace(".", "").isalnum():
+        model.lora_target_modules = [target]
+    explicit = args.model_init_kwargs
+    if isinstance(explicit, str):
+        explicit = json.loads(explicit)
+    args.model_init_kwargs = {**kwargs, **(explicit or {})}
+    return get_peft_config(model)
+
+
 def _algorithm(name: str) -> tuple[type, type]:
     """(Config, Trainer) of a registered algorithm; a clear error for an unknown name."""
     if name not in ALGORITHMS:
@@ -91,21 +145,53 @@ def _algorithm(name: str) -> tuple[type, type]:
 
 
 def config_path(argv: list[str]) -> str | None:
-    """The ``--config`` file named on the command line (``--config x.yaml`` or ``--config=x.yaml``), if any."""
-    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
-    return config or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    """The ``--config`` value named on the command line (``--config x.yaml`` or ``--config=x.yaml``), if any."""
+    for i, a in enumerate(argv):
+        if a == "--config":
+            if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+                raise SystemExit("hfcoop: --config needs a value: a recipe file, or a bundled recipe such as "
+                                 "coco/cot_tiny (`hfcoop recipes` lists them).")  # fmt: skip
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def resolve_config_argument(argv: list[str]) -> list[str]:
+    """``argv`` with its ``--config`` value as an existing file (a path, or a bundled recipe by name), written as
+    ``--config FILE``; a clear error when it names neither."""
+    from .bundled import find_recipe
+
+    config = config_path(argv)
+    if config is None:
+        return argv
+    found = find_recipe(config)
+    if found is None:
+        raise SystemExit(f"hfcoop: the --config file '{config}' does not exist (from {os.getcwd()}) and is no bundled "
+                         "recipe: `hfcoop recipes` lists those (e.g. coco/cot_tiny).")  # fmt: skip
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--config":
+            out += ["--config", found]
+            skip = True
+        elif a.startswith("--config="):
+            out += ["--config", found]
+        else:
+            out.append(a)
+    return out
 
 
 def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]:
-    """YAML ``--config`` + flags into dataclasses; unknown fields and bad YAML are clear errors."""
+    """YAML ``--config`` (a file or a bundled recipe) + flags into dataclasses; unknown fields and bad YAML are
+    clear errors. Flags are matched whole: no abbreviations (``--log_completions`` is not ``--log_completions_steps``)."""
     import yaml
     from trl import TrlParser
 
-    config = config_path(argv)
-    if config is not None and not os.path.isfile(config):
-        hint = " (recipe paths are relative to the repository root: run from there)" if not os.path.isabs(config) else ""
-        raise SystemExit(f"hfcoop: the --config file '{config}' does not exist{hint}.")
-    parser = TrlParser(dataclass_types)
+    argv = resolve_config_argument(argv)
+    parser = TrlParser(dataclass_types, allow_abbrev=False)
     try:
         return parser.parse_args_and_config(argv)
     except yaml.YAMLError as err:
@@ -122,9 +208,9 @@ def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
     train = load_any_dataset(script.dataset_name, script.dataset_config, script.dataset_train_split)
     eval_ = None
     if script.eval_dataset_name:
-        eval_ = load_any_dataset(script.eval_dataset_name, script.dataset_config, script.dataset_eval_split or "train")
-    elif script.dataset_eval_split:
-        eval_ = load_any_dataset(script.dataset_name, script.dataset_config, script.dataset_eval_split)
+        eval_ = load_any_dataset(script.eval_dataset_name, script.dataset_config, script.dataset_test_split or "train")
+    elif script.dataset_test_split:
+        eval_ = load_any_dataset(script.dataset_name, script.dataset_config, script.dataset_test_split)
     if script.max_train_samples is not None:
         train = train.select(range(min(script.max_train_samples, len(train))))
     if eval_ is not None and script.max_eval_samples is not None:
@@ -153,11 +239,13 @@ def tiny_model_positions(script: ScriptArguments, args: Any, data_format: str) -
     return max(128, prompt + args.max_completion_length)
 
 
-def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: Any = None) -> str:
+def resolve_model(
+    model_name_or_path: str | None, script: ScriptArguments, train: Any, args: Any, generators: Any = None
+) -> str:
     """The generator path; builds the tiny model (once per settings and data, inside the run's folder) when asked to."""
-    if script.model_name_or_path:
-        check_model_reference(script.model_name_or_path, "model_name_or_path")
-        return script.model_name_or_path
+    if model_name_or_path:
+        check_model_reference(model_name_or_path, "model_name_or_path")
+        return model_name_or_path
     if not script.tiny_model:
         raise SystemExit("hfcoop: set `model_name_or_path` (Hub id or local path), or `tiny_model: true` for a demo.")
     import hashlib
@@ -195,9 +283,13 @@ def _texts_of(value: Any) -> list[str]:
 
 
 def resolve_recipe_paths(script: ScriptArguments, argv: list[str]) -> None:
-    """Recipe data paths are written relative to the repository root; run from elsewhere, a path that does not exist
-    from the current folder is looked up from the recipe's folder upwards (a Hub id is left alone)."""
+    """Recipe data paths are written relative to the repository root (``recipes/data/...``): run from elsewhere, a
+    path that does not exist from the current folder is looked up from the recipe's folder upwards, then in the
+    data hfcoop bundles (an installed wheel, an empty Colab folder). A Hub id is left alone."""
+    from .bundled import bundled_data_path, find_recipe
+
     config = config_path(argv)
+    config = find_recipe(config) if config is not None else None
     if config is None:
         return
     for name in ("dataset_name", "eval_dataset_name"):
@@ -205,14 +297,12 @@ def resolve_recipe_paths(script: ScriptArguments, argv: list[str]) -> None:
         if not value or os.path.isabs(value) or os.path.exists(value):
             continue
         folder = os.path.dirname(os.path.abspath(config))
-        while True:
-            if os.path.exists(os.path.join(folder, value)):
-                setattr(script, name, os.path.join(folder, value))
-                break
-            parent = os.path.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
+        while not os.path.exists(os.path.join(folder, value)) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        if os.path.exists(os.path.join(folder, value)):
+            setattr(script, name, os.path.join(folder, value))
+        elif bundled_data_path(value):
+            setattr(script, name, bundled_data_path(value))
 
 
 def resume_setting(value: Any) -> str | bool | None:
@@ -220,20 +310,6 @@ def resume_setting(value: Any) -> str | bool | None:
     if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0", "none", ""):
         return value.strip().lower() in ("true", "yes", "1") or None
     return value
-
-
-def peft_config_from(script: ScriptArguments) -> Any:
-    if not script.use_peft:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=script.lora_r,
-        lora_alpha=script.lora_alpha,
-        lora_dropout=script.lora_dropout,
-        target_modules=script.lora_target_modules,
-        task_type="CAUSAL_LM",
-    )
 
 
 def companion_from(name: str, script: ScriptArguments) -> Any:
@@ -312,26 +388,84 @@ def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
     return "\n".join(parts)
 
 
-def build_trainer(name: str, script: ScriptArguments, args: Any, train_ds: Any, eval_ds: Any) -> Any:
+# accelerate launch options hfcoop also takes as training fields keep their training meaning.
+_NOT_LAUNCH_OPTIONS = {"--debug", "--help", "-h", "--module", "-m", "--gradient_accumulation_steps", "--config_file"}
+
+
+def split_launch_arguments(argv: list[str], field_names: set[str]) -> tuple[list[str], list[str]]:
+    """(training arguments, ``accelerate launch`` arguments) of a ``hfcoop train`` command line, the latter non-empty
+    only when ``--accelerate_config`` or ``--num_processes`` asks hfcoop to launch itself (TRL's ``trl sft
+    --accelerate_config zero3 --num_processes 8`` habit). Any other ``accelerate launch`` option may ride along."""
+    if not any(a.split("=", 1)[0] in ("--accelerate_config", "--num_processes") for a in argv):
+        return argv, []
+    from accelerate.commands.launch import launch_command_parser
+
+    takes_value = {o: a.nargs != 0 for a in launch_command_parser()._actions for o in a.option_strings}
+    takes_value["--accelerate_config"] = True
+    launch_options = {o for o in takes_value if o not in _NOT_LAUNCH_OPTIONS and o.lstrip("-") not in field_names}
+    training, launch, i = [], [], 0
+    while i < len(argv):
+        option = argv[i].split("=", 1)[0]
+        if option in launch_options:
+            value = "=" not in argv[i] and takes_value[option] and i + 1 < len(argv)
+            launch += argv[i : i + 1 + value]
+            i += 1 + value
+        else:
+            training.append(argv[i])
+            i += 1
+    return training, launch
+
+
+def launch_training(name: str, training: list[str], launch: list[str]) -> None:
+    """Runs ``accelerate launch --config_file <config> [launch options] -m hfcoop.cli train <name> <training>``;
+    ``--accelerate_config`` is a file or a bundled config by name (ddp, zero2, zero3, fsdp, ...)."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    from .bundled import ACCELERATE_CONFIGS, find_accelerate_config
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_LAUNCHED" in os.environ:
+        raise SystemExit("hfcoop: --accelerate_config / --num_processes given inside an already launched job: pass "
+                         "them to hfcoop alone, or to accelerate launch alone.")  # fmt: skip
+    launch = [a.replace("--accelerate_config=", "--config_file=") for a in launch]
+    if "--accelerate_config" in launch:
+        i = launch.index("--accelerate_config")
+        found = find_accelerate_config(launch[i + 1]) if i + 1 < len(launch) else None
+        if found is None:
+            raise SystemExit(f"hfcoop: --accelerate_config takes a file or one of {', '.join(ACCELERATE_CONFIGS)}; "
+                             f"got {launch[i + 1] if i + 1 < len(launch) else 'nothing'}.")  # fmt: skip
+        launch[i : i + 2] = ["--config_file", found]
+    elif not any(a.startswith("--config_file") for a in launch):
+        launch = ["--config_file", find_accelerate_config("ddp"), *launch]
+    parsed = launch_command_parser().parse_args([*launch, "-m", "hfcoop.cli", "train", name, *training])
+    os.environ["ACCELERATE_LAUNCHED"] = "1"
+    try:
+        launch_command(parsed)
+    except Exception as err:  # noqa: BLE001 - the processes printed their own `hfcoop:` line above
+        raise SystemExit(f"hfcoop: the launched training failed ({type(err).__name__}); its processes' messages are "
+                         "above.") from None  # fmt: skip
+
+
+def build_trainer(name: str, script: ScriptArguments, model_args: Any, args: Any, train_ds: Any, eval_ds: Any) -> Any:
     """The algorithm's trainer on the loaded data, its companion argument filled as the registry says, with the
     data sets' names for the model card."""
     algorithm = ALGORITHMS[name]
     companion = companion_from(name, script)
     generators = companion if algorithm.companion_source == "generators" else None
-    model = resolve_model(script, train_ds, args, generators)
+    peft_config = apply_model_arguments(model_args, args)
+    model = resolve_model(model_args.model_name_or_path, script, train_ds, args, generators)
     trainer = algorithm.trainer_cls(
         model,
         **algorithm.companion_kwargs(companion),
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        peft_config=peft_config_from(script),
+        peft_config=peft_config,
     )
     trainer.dataset_names = [script.dataset_name]
     if script.eval_dataset_name:
         trainer.eval_dataset_names = [script.eval_dataset_name]
-    elif script.dataset_eval_split:
-        trainer.eval_dataset_names = [f"{script.dataset_name} ({script.dataset_eval_split} split)"]
+    elif script.dataset_test_split:
+        trainer.eval_dataset_names = [f"{script.dataset_name} ({script.dataset_test_split} split)"]
     return trainer
 
 
@@ -346,7 +480,12 @@ def train(argv: list[str]) -> dict[str, Any]:
     elif "-h" in argv or "--help" in argv:
         print(train_help(name, config_cls, trainer_cls))
         return {}
-    script, args = parse((ScriptArguments, config_cls), argv)
+    model_cls = model_arguments()
+    fields = {f.name for cls in (ScriptArguments, config_cls, model_cls) for f in __import__("dataclasses").fields(cls)}
+    argv, launch = split_launch_arguments(argv, fields)
+    if launch:
+        return launch_training(name, argv, launch) or {}
+    script, args, model_args = parse((ScriptArguments, config_cls, model_cls), argv)
     resolve_recipe_paths(script, argv)
     from .guards import check_output_dir, redact_command, resolve_resume
 
@@ -357,7 +496,7 @@ def train(argv: list[str]) -> dict[str, Any]:
         check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=resume is not None,
                          clear=args.should_save)  # fmt: skip
     train_ds, eval_ds = load_datasets(script)
-    trainer = build_trainer(name, script, args, train_ds, eval_ds)
+    trainer = build_trainer(name, script, model_args, args, train_ds, eval_ds)
     trainer.launch_command = redact_command(["hfcoop", "train", name, *argv], [args.hub_token])
     if script.dry_run:
         batch = next(iter(trainer.get_train_dataloader()))
@@ -393,6 +532,9 @@ def train(argv: list[str]) -> dict[str, Any]:
     trainer.save_model()
     if trainer.is_world_process_zero():
         print(f"hfcoop: generator saved to {args.output_dir}")
+    # As `trl sft` does: finish the trackers and destroy the process group (a ZeRO-3 rank left with live gloo
+    # threads at exit aborted: "terminate called without an active exception", exit -6).
+    trainer.end()
     return report
 
 
@@ -690,13 +832,35 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     return rows
 
 
+def recipes_cli(argv: list[str]) -> list[str]:
+    """``hfcoop recipes``: the bundled recipes (``--config`` takes their names) and accelerate configs;
+    ``hfcoop recipes NAME`` prints one (to copy and edit)."""
+    from .bundled import ACCELERATE_CONFIGS, find_recipe, list_recipes, recipe_summary, recipes_root
+
+    if argv and argv[0] not in ("-h", "--help"):
+        path = find_recipe(argv[0])
+        if path is None:
+            raise SystemExit(f"hfcoop: no bundled recipe '{argv[0]}'; `hfcoop recipes` lists them.")
+        print(open(path).read(), end="")
+        return [path]
+    names = list_recipes()
+    width = max(map(len, names))
+    print(f"Bundled recipes ({recipes_root()}): hfcoop train <algorithm> --config <name>")
+    for name in names:
+        print(f"  {name:<{width}}  {recipe_summary(name)}")
+    print(f"accelerate configs (--accelerate_config NAME --num_processes N): {', '.join(ACCELERATE_CONFIGS)}, or a path")
+    print("`hfcoop recipes NAME` prints one, to copy and edit.")
+    return names
+
+
 def env_cli(argv: list[str]) -> dict[str, str]:
     from .env import print_env
 
     return print_env()
 
 
-VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli, "sweep": sweep_cli, "env": env_cli}
+VERBS = {"train": train, "evaluate": evaluate_cli, "generate": generate_cli, "sweep": sweep_cli, "recipes": recipes_cli,
+         "env": env_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,6 +44,32 @@ def pytest_sessionstart(session) -> None:
 
 
 @pytest.fixture(scope="session")
+def installed_hfcoop(tmp_path_factory) -> dict[str, str]:
+    """hfcoop as a user gets it: the wheel built from a copy of the sources, installed into a fresh folder with no
+    checkout beside it. Returns ``env`` (for subprocesses: that folder first on PYTHONPATH), ``site`` and ``hfcoop``
+    (the installed console script). Run commands from an empty folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("installed")
+    src, wheels, site = base / "src", base / "wheels", base / "site"
+    # A copy: setuptools' build/ folder in the checkout could carry stale modules into the wheel.
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+                                                                  ".ci-venv", ".venv", "outputs", "mutants", "benchmarks",
+                                                                  "tests", "notebooks"))  # fmt: skip
+    quiet = {"capture_output": True, "text": True}
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)], **quiet)
+    assert done.returncode == 0, done.stderr[-3000:]
+    wheel = next(wheels.glob("hfcoop-*.whl"))
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                          **quiet)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {"env": env, "site": str(site), "hfcoop": str(site / "bin" / "hfcoop"), "wheel": str(wheel)}
+
+
+@pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> str:
     """A 1-layer GPT-2 with a word-level tokenizer trained on 500 COCO captions."""
     from hfcoop.tiny import build_tiny_model

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hfcoop.cli import ALGORITHMS, ScriptArguments, _algorithm, parse
+from hfcoop.cli import ALGORITHMS, ScriptArguments, _algorithm, model_arguments, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +18,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_opens_with_main_job_and_test_commands():
     main_job, tests = readme_commands()[:2]
-    assert "hfcoop train cot --config recipes/coco/cot_tiny.yaml" in main_job
+    assert "hfcoop train cot --config coco/cot_tiny" in main_job  # a bundled recipe: works from any folder
     assert "torch==2.13.0" in main_job and "torch==2.13.0" in tests
     assert "pytest tests" in tests
 
@@ -48,5 +48,6 @@ def test_every_recipe_parses_into_its_config(recipe):
     assert name in ALGORITHMS, f"recipe {recipe}: name it <algorithm>[_variant].yaml or put it in recipes/<algorithm>/"
     config_cls, _ = _algorithm(name)
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU machine: override it, check the rest.
-    script, args = parse((ScriptArguments, config_cls), ["--config", recipe, "--bf16", "false", "--fp16", "false"])
+    script, args, _ = parse((ScriptArguments, config_cls, model_arguments()),
+                            ["--config", recipe, "--bf16", "false", "--fp16", "false"])  # fmt: skip
     assert script.dataset_name and args.output_dir
