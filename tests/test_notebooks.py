@@ -35,7 +35,7 @@ def code_cell(nb, marker: str):
 
 def test_four_quickstarts_exist():
     names = {os.path.basename(p) for p in NOTEBOOKS}
-    assert names == {"cot_coco_captions.ipynb", "gcn_summarization.ipynb", "psi_mle_question_generation.ipynb",
+    assert names >= {"cot_coco_captions.ipynb", "gcn_summarization.ipynb", "psi_mle_question_generation.ipynb",
                      "psi_mle_question_generation_chat.ipynb"}  # fmt: skip
 
 
