@@ -1,5 +1,7 @@
 """The model card tells the truth; the CLI's help, env, dataset generation and file scoring; install cell; warnings."""
 
+import ast
+import glob
 import json
 import os
 import re
@@ -8,6 +10,7 @@ import sys
 import warnings
 
 import pytest
+from packaging.requirements import Requirement
 
 import transformers.modeling_utils
 from hfcoop import CoTConfig, CoTTrainer, MLEConfig, MLETrainer
@@ -159,33 +162,53 @@ def test_generate_refuses_text_datasets(tiny_lm):
 
 
 # ----------------------------------------------------------------------------- install cell, README
-def install_command(cwd, monkeypatch):
+def install_command(cwd, monkeypatch, name="cot_coco_captions", importable=()):
+    """The pip command a notebook's install cell runs from ``cwd`` when only ``importable`` modules are installed."""
     import importlib.util
 
-    nb = json.load(open(os.path.join(ROOT, "notebooks", "cot_coco_captions.ipynb")))
+    nb = json.load(open(os.path.join(ROOT, "notebooks", f"{name}.ipynb")))
     cell = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
     calls = []
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # as on Colab: hfcoop not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: object() if module in importable else None)
     monkeypatch.setattr(subprocess, "check_call", lambda cmd: calls.append(cmd))
-    exec(cell, {})
-    return calls, cell
+    namespace = {}
+    exec(cell, namespace)
+    return calls, namespace["EXTRAS"]
 
 
-@pytest.mark.parametrize("name", ["cot_coco_captions", "gcn_summarization", "psi_mle_question_generation"])
+NOTEBOOK_NAMES = sorted(os.path.basename(p)[: -len(".ipynb")] for p in glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+SETUP_EXTRAS = next(ast.literal_eval(k.value) for k in ast.walk(ast.parse(open(os.path.join(ROOT, "setup.py")).read()))
+                    if isinstance(k, ast.keyword) and k.arg == "extras_require")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
 def test_every_notebook_has_the_same_install_cell(name):
+    """One install cell everywhere; only the extras a notebook needs differ."""
     nb = json.load(open(os.path.join(ROOT, "notebooks", f"{name}.ipynb")))
     reference = json.load(open(os.path.join(ROOT, "notebooks", "cot_coco_captions.ipynb")))
-    first = lambda n: next(c for c in n["cells"] if c["cell_type"] == "code")["source"]  # noqa: E731
+    first = lambda n: re.sub(r"^EXTRAS = .*$", "EXTRAS = ...", "".join(  # noqa: E731
+        next(c for c in n["cells"] if c["cell_type"] == "code")["source"]), flags=re.M)  # fmt: skip
     assert first(nb) == first(reference)
 
 
-def test_install_cell_uses_the_checkout_or_setup_py_url(tmp_path, monkeypatch):
-    calls, cell = install_command(os.path.join(ROOT, "notebooks"), monkeypatch)
-    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e", ROOT]]
-    calls, _ = install_command(tmp_path, monkeypatch)
-    assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"git+{SETUP_URL}.git"]]
+@pytest.mark.parametrize("name,extras", [("cot_coco_captions", ""), ("psi_mle_question_generation_chat", "[quantization]")])
+def test_install_cell_uses_the_checkout_or_setup_py_url(name, extras, tmp_path, monkeypatch):
+    calls, needed = install_command(os.path.join(ROOT, "notebooks"), monkeypatch, name)
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e", ROOT + extras]]
+    calls, _ = install_command(tmp_path, monkeypatch, name)  # Colab
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"hfcoop{extras} @ git+{SETUP_URL}.git"]]
+    requirement = Requirement(calls[0][-1])  # a valid PEP 508 requirement: pip takes the extras with the URL
+    assert (requirement.name, requirement.extras, requirement.url) == ("hfcoop", set(needed), f"git+{SETUP_URL}.git")
     assert f"git+{SETUP_URL}.git" in open(os.path.join(ROOT, "README.md")).read()
+    # Each extra is one of setup.py's, and the module it stands for is what that extra installs.
+    for extra, module in needed.items():
+        assert any(req.startswith(module) for req in SETUP_EXTRAS[extra]), (extra, module)
+    # Skipped when everything is importable; a missing extra's module alone triggers the install.
+    assert install_command(tmp_path, monkeypatch, name, importable=("hfcoop", *needed.values()))[0] == []
+    if needed:
+        calls, _ = install_command(tmp_path, monkeypatch, name, importable=("hfcoop",))
+        assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"hfcoop{extras} @ git+{SETUP_URL}.git"]]
 
 
 # ----------------------------------------------------------------------------- spurious warnings
