@@ -55,7 +55,7 @@ from ..modeling import (
     unwrap_peft,
 )
 from ..shared_base import GENERATOR_ADAPTER, check_shared_base_peft_config
-from ..sampling import build_generation_config, generation_mode, sample_completions
+from ..sampling import build_generation_config, export_generation_config, generation_mode, sample_completions
 from ..watching import CompletionsLogger, write_completions
 
 
@@ -763,7 +763,8 @@ class CooperativeTrainer(Trainer):
         if pair.companion is not None and (self._checkpointing or self.args.save_companion):
             save_module(pair.companion, os.path.join(output_dir, self.companion_name), split["companion"])
         self.processing_class.save_pretrained(output_dir)
-        self.generation_config.save_pretrained(os.path.join(output_dir, "hfcoop_sampling"))
+        # After the model's own: generate() and pipeline() on this folder sample as training did.
+        export_generation_config(pair.generator, self.generation_config).save_pretrained(output_dir)
         with open(os.path.join(output_dir, "hfcoop_training_args.json"), "w") as f:
             f.write(self.args.to_json_string())
         if self._checkpointing:
