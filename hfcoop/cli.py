@@ -153,8 +153,16 @@ def tiny_model_positions(script: ScriptArguments, args: Any, data_format: str) -
     return max(128, prompt + args.max_completion_length)
 
 
+def cache_dir() -> str:
+    """Where hfcoop keeps what it builds for a run but is not the run's result (the tiny base models): ``$HFCOOP_CACHE``,
+    else ``$XDG_CACHE_HOME/hfcoop``, else ``~/.cache/hfcoop``. Outside ``output_dir``, so a push uploads none of it."""
+    if os.environ.get("HFCOOP_CACHE"):
+        return os.path.expanduser(os.environ["HFCOOP_CACHE"])
+    return os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "~/.cache"), "hfcoop")
+
+
 def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: Any = None) -> str:
-    """The generator path; builds the tiny model (once per settings and data, inside the run's folder) when asked to."""
+    """The generator path; builds the tiny model (once per settings and data, in :func:`cache_dir`) when asked to."""
     if script.model_name_or_path:
         check_model_reference(script.model_name_or_path, "model_name_or_path")
         return script.model_name_or_path
@@ -180,11 +188,29 @@ def resolve_model(script: ScriptArguments, train: Any, args: Any, generators: An
     # The cached model is keyed by its settings and the texts its tokenizer learns from: a changed recipe or data
     # set builds a new one instead of silently reusing the old.
     digest = hashlib.sha256(json.dumps([settings, texts]).encode()).hexdigest()[:10]
-    path = os.path.join(args.output_dir, f"tiny-base-model-{digest}")
+    path = os.path.join(cache_dir(), f"tiny-base-model-{digest}")
     with args.main_process_first(desc="tiny model"):  # under accelerate launch: built once, read by every rank
         if not os.path.isfile(os.path.join(path, "config.json")):
-            build_tiny_model(path, texts, **settings)
+            build_atomically(path, lambda folder: build_tiny_model(folder, texts, **settings))
     return path
+
+
+def build_atomically(path: str, build: Any) -> None:
+    """``build(folder)`` into a private folder beside ``path``, then renamed to ``path``: two runs sharing the cache
+    (separate jobs, not the ranks of one launch) never read a half-written model; the second one's copy is dropped."""
+    import shutil
+    import tempfile
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=os.path.basename(path) + ".partial-", dir=os.path.dirname(path))
+    try:
+        build(folder)
+        os.rename(folder, path)
+    except OSError:
+        if not os.path.isfile(os.path.join(path, "config.json")):  # not "another run finished it first"
+            raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _texts_of(value: Any) -> list[str]:

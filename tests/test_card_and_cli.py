@@ -12,7 +12,7 @@ import pytest
 import transformers.modeling_utils
 from hfcoop import CoTConfig, CoTTrainer, MLEConfig, MLETrainer
 from hfcoop.cli import main
-from hfcoop.model_card import is_hub_dataset_id, render_model_card
+from hfcoop.model_card import is_hub_id, render_model_card
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "recipes", "data")
@@ -22,7 +22,7 @@ SMALL = dict(per_device_train_batch_size=4, max_completion_length=6, use_cpu=Tru
 
 
 def card_args(**overrides):
-    kwargs = dict(model_name="m", algorithm="cot", algorithm_title="CoT", paper="", citation="", base_model=None,
+    kwargs = dict(model_id="m", algorithm="cot", algorithm_title="CoT", paper="", citation="", base_model=None,
                   datasets=[], companion="mediator", companion_saved=False, hyperparameters={}, metrics={},
                   command="hfcoop train cot")  # fmt: skip
     return kwargs | overrides
@@ -36,8 +36,8 @@ def metadata(card: str) -> str:
 @pytest.mark.parametrize("name,hub", [("xsum", True), ("abisee/cnn_dailymail", True), ("data/train.jsonl", False),
                                       ("../shared/data/image_coco/test_coco.txt", False), ("/abs/folder", False),
                                       ("a/b/c", False), ("coco.txt", False)])  # fmt: skip
-def test_only_hub_dataset_ids_are_hub_ids(name, hub):
-    assert is_hub_dataset_id(name) is hub
+def test_only_hub_ids_are_hub_ids(name, hub):
+    assert is_hub_id(name) is hub
 
 
 def test_card_metadata_lists_only_hub_training_data(tmp_path):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import dataclasses
+import fnmatch
+import glob
+import hashlib
 import os
 import warnings
 from collections import defaultdict
@@ -24,6 +26,7 @@ import torch
 from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..data import PromptCompletionCollator, check_chat_template, tokenize_dataset, validate_dataset
 from ..guards import (
@@ -104,6 +107,12 @@ class CooperativeConfig(TrainingArguments):
     save_companion: bool = field(
         default=False,
         metadata={"help": "Also export the companion (mediator/ratio model/discriminator) in a subfolder."},
+    )
+    hub_include_reports: bool = field(
+        default=False,
+        metadata={"help": "A push to the Hub also uploads the run's reports from output_dir: completions tables "
+                  "(completions/), quality.json, training_curves.png, TensorBoard logs (runs/). Off: a push uploads "
+                  "the model alone (weights, configs, tokenizer, model card, training arguments)."},
     )
     companion_peft: bool = field(
         default=False, metadata={"help": "Also put the `peft_config` adapters on an LM companion (not only G)."}
@@ -762,11 +771,13 @@ class CooperativeTrainer(Trainer):
             save_module(pair.generator, output_dir, split["generator"])
         if pair.companion is not None and (self._checkpointing or self.args.save_companion):
             save_module(pair.companion, os.path.join(output_dir, self.companion_name), split["companion"])
-        self.processing_class.save_pretrained(output_dir)
+        saved = self.processing_class.save_pretrained(output_dir)
+        self._tokenizer_files = {os.path.basename(str(p)) for p in saved or ()}  # what a push uploads of the tokenizer
         # After the model's own: generate() and pipeline() on this folder sample as training did.
         export_generation_config(pair.generator, self.generation_config).save_pretrained(output_dir)
         with open(os.path.join(output_dir, "hfcoop_training_args.json"), "w") as f:
             f.write(self.args.to_json_string())
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))  # as Trainer's _save (no token: __getstate__)
         if self._checkpointing:
             self.save_extra_state(output_dir)
 
@@ -806,16 +817,75 @@ class CooperativeTrainer(Trainer):
             return getattr(self, "_push_result", None)
         self._exporting = True
         try:
-            self._push_result = super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+            with self.uploading_export_only():
+                self._push_result = super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
             self._pushed = key
             return self._push_result
         finally:
             self._exporting = False
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with self.uploading_export_only():  # hub_strategy="every_save" uploads output_dir at each checkpoint too
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def files_to_push(self, folder: str) -> list[str]:
+        """The files of ``folder`` (output_dir) that a push uploads: the exported generator (weights, configs), its
+        tokenizer, the card and the training arguments; the companion's subfolder with ``save_companion``; the run's
+        reports with ``hub_include_reports``. Never scratch, logs or anything else the folder holds."""
+        root = (*EXPORT_FILE_PATTERNS, *sorted(getattr(self, "_tokenizer_files", ())))
+        folders = {self.companion_name} if self.args.save_companion else set()
+        if self.args.hub_include_reports:
+            root += REPORT_FILES
+            folders |= set(REPORT_FILES)
+        files = []
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and any(fnmatch.fnmatch(name, p) for p in root):
+                files.append(name)
+            elif os.path.isdir(path) and name in folders:
+                files += sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(path) for f in fs)
+        return files
+
+    @contextlib.contextmanager
+    def uploading_export_only(self) -> Iterator[None]:
+        """Trainer's pushes upload all of output_dir (minus ``_*`` and checkpoints) through ``transformers.trainer.
+        hf_api()``; meanwhile that API restricts an upload of output_dir itself to :meth:`files_to_push` (checkpoint
+        folders pushed by ``hub_strategy`` keep every file: resuming from the Hub needs them)."""
+        import transformers.trainer as trainer_module
+
+        make_api = trainer_module.hf_api
+        trainer_module.hf_api = lambda: _ExportOnlyApi(make_api(), self.args.output_dir, self.files_to_push)
+        try:
+            yield
+        finally:
+            trainer_module.hf_api = make_api
+
     def create_model_card(self, output_dir: str | None = None, **kwargs: Any) -> None:
         if not self.is_world_process_zero():
             return
         write_model_card(self, output_dir or self.args.output_dir, **kwargs)
+
+
+# What a push uploads from output_dir (see CooperativeTrainer.files_to_push), and the reports it adds when asked.
+EXPORT_FILE_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                        "model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors",
+                        "README.md", TRAINING_ARGS_NAME, "hfcoop_training_args.json")  # fmt: skip
+REPORT_FILES = ("completions", "quality.json", "training_curves.png", "runs")
+
+
+class _ExportOnlyApi:
+    """An ``HfApi`` whose upload of ``output_dir`` itself sends only ``files_to_push(output_dir)``."""
+
+    def __init__(self, api: Any, output_dir: str, files_to_push: Callable[[str], list[str]]) -> None:
+        self._api, self._output_dir, self._files_to_push = api, os.path.abspath(output_dir), files_to_push
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def upload_folder(self, *, folder_path: str, path_in_repo: str | None = None, **kwargs: Any) -> Any:
+        if not path_in_repo and os.path.abspath(folder_path) == self._output_dir:
+            kwargs["allow_patterns"] = [glob.escape(f) for f in self._files_to_push(folder_path)]
+        return self._api.upload_folder(folder_path=folder_path, path_in_repo=path_in_repo, **kwargs)
 
 
 def has_active_dropout(module: nn.Module) -> bool:
