@@ -28,7 +28,14 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from ..data import PromptCompletionCollator, check_chat_template, tokenize_dataset, validate_dataset
+from ..data import (
+    PromptCompletionCollator,
+    apply_chat_template_path,
+    check_chat_template,
+    first_row,
+    tokenize_dataset,
+    validate_dataset,
+)
 from ..guards import (
     check_finite_gradients,
     check_finite_loss,
@@ -127,6 +134,12 @@ class CooperativeConfig(TrainingArguments):
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the Hub (only for models you trust)."}
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={"help": "As TRL's SFTConfig: the chat template for conversational data. A .jinja/.j2 file replaces "
+                  "the tokenizer's template; a tokenizer (local folder or Hub id) lends its template, added tokens and "
+                  "EOS (trl.clone_chat_template: the generator's embeddings are resized to match)."},
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
@@ -245,6 +258,15 @@ class CooperativeConfig(TrainingArguments):
             raise ValueError(f"shared_base puts a companion model on the generator's base; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
+        if self.use_liger_kernel:
+            # Trainer patches self.model only when it is one PreTrainedModel; hfcoop's is the pair, so Trainer would
+            # skip it with a log line. Patching both models is not done: refused rather than accepted and ignored.
+            raise ValueError(
+                "use_liger_kernel is not supported by hfcoop: Liger's kernels patch a single PreTrainedModel, and an "
+                "hfcoop trainer holds a generator and a companion (transformers' Trainer would skip them and train "
+                "unpatched). Remove use_liger_kernel; for memory, use gradient_checkpointing, peft_config (LoRA) or "
+                "shared_base."
+            )
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
             # Nothing to pin for, and torch warns on every dataloader; TrainingArguments turns it off for use_cpu only.
             self.dataloader_pin_memory = False
@@ -299,8 +321,9 @@ class CooperativeTrainer(Trainer):
         train_format = validate_dataset(train_dataset, "train_dataset")
         eval_format = validate_dataset(eval_dataset, "eval_dataset")
         self.data_format = train_format or eval_format
-        generator, tokenizer = self._load_generator(model, processing_class, peft_config, args,
-                                                    "conversational" in (train_format, eval_format))  # fmt: skip
+        chat_rows = [first_row(d) for d, f in ((train_dataset, train_format), (eval_dataset, eval_format))
+                     if f == "conversational"]  # fmt: skip
+        generator, tokenizer = self._load_generator(model, processing_class, peft_config, args, chat_rows)
         pair = self._build_pair(companion, generator, tokenizer, peft_config, args)
 
         def prepare(dataset: Any, fmt: Any) -> Any:
@@ -331,17 +354,18 @@ class CooperativeTrainer(Trainer):
         self._checkpointing = False  # True while save_model writes a resumable checkpoint
 
     def _load_generator(
-        self, model: Any, processing_class: Any, peft_config: Any, args: CooperativeConfig, conversational: bool
+        self, model: Any, processing_class: Any, peft_config: Any, args: CooperativeConfig, chat_rows: list[dict]
     ) -> tuple[PreTrainedModel, Any]:
-        """(generator, tokenizer), checked: chat template, quantization only with adapters, lengths; sets
-        ``base_model_id`` and ``eos_token_ids``."""
+        """(generator, tokenizer), checked: chat template (``chat_rows``: the first row of each conversational data
+        set), quantization only with adapters, lengths; sets ``base_model_id`` and ``eos_token_ids``."""
         model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
         self.base_model_id = model_id
         init_kwargs = args.resolved_model_init_kwargs
         tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
                                    trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
-        if conversational:
-            check_chat_template(tokenizer)
+        clone_template = apply_chat_template_path(tokenizer, args.chat_template_path)
+        if chat_rows and not clone_template:  # a cloned template is checked once the model is loaded (below)
+            check_chat_template(tokenizer, chat_rows)
         if not isinstance(model, str) and args.model_init_kwargs:
             warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
         elif peft_config is None and "quantization_config" in init_kwargs:
@@ -352,6 +376,12 @@ class CooperativeTrainer(Trainer):
         generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
         if peft_config is None and is_quantized(generator):
             raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
+        if clone_template:  # as TRL's SFTTrainer: the template, its added tokens and EOS; embeddings resized
+            from trl import clone_chat_template
+
+            generator, tokenizer, _ = clone_chat_template(generator, tokenizer, args.chat_template_path)
+            if chat_rows:
+                check_chat_template(tokenizer, chat_rows)
         # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
         self.eos_token_ids = eos_token_ids(tokenizer, generator)
         check_lengths(generator, args, self.data_format)
