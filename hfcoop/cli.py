@@ -414,8 +414,8 @@ def train(argv: list[str]) -> dict[str, Any]:
             with open(os.path.join(args.output_dir, "quality.json"), "w") as f:
                 json.dump(report, f, indent=2)
             print_quality(report)
-    # Written last, once: save_model() exports the generator and card and, with push_to_hub, uploads them (with
-    # the quality report and curves beside them).
+    # Written last, once: save_model() exports the generator and card and, with push_to_hub, uploads them (the
+    # quality report and curves too only with hub_include_reports; the card's model-index holds the results).
     trainer.save_model()
     if trainer.is_world_process_zero():
         print(f"hfcoop: generator saved to {args.output_dir}")
@@ -434,6 +434,10 @@ def quality(trainer: Any, eval_dataset: Any, num_samples: int) -> dict[str, floa
         max_prompt_length=trainer.args.max_prompt_length,
         batch_size=max(trainer.args.per_device_eval_batch_size, 32),
         seed=trainer.args.seed,
+        # The training's sampling settings: those the export's generation_config.json holds.
+        temperature=trainer.args.temperature,
+        top_k=trainer.args.top_k,
+        top_p=trainer.args.top_p,
     )
 
 

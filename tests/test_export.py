@@ -82,3 +82,21 @@ def test_generate_and_pipeline_sample_as_training_did(exported):
                                                  generation_config=trainer.generation_config), seed)  # fmt: skip
         assert piped["generated_token_ids"] == expected[0].tolist()
         assert len(piped["generated_token_ids"]) <= ids.shape[1] + SAMPLING["max_completion_length"]
+
+
+def test_quality_report_samples_with_the_exported_settings(exported, monkeypatch):
+    """`hfcoop train`'s before/after report (the card's results) draws its samples as the export samples."""
+    import hfcoop.evaluation
+    from datasets import Dataset
+
+    from hfcoop.cli import quality
+
+    trainer, out = exported
+    configs = []
+    original = hfcoop.evaluation.sample_completions
+    monkeypatch.setattr(hfcoop.evaluation, "sample_completions",
+                        lambda model, ids, mask, config, *a: configs.append(config) or original(model, ids, mask, config, *a))  # fmt: skip
+    quality(trainer, Dataset.from_dict({"text": coco_lines(4, "test")}), num_samples=4)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert configs and all(lean_sampling_settings(trainer.pair.generator, c) == lean_sampling_settings(
+        model, model.generation_config) for c in configs)  # fmt: skip

@@ -631,7 +631,8 @@ class CooperativeTrainer(Trainer):
                 self.pair.generator, self.processing_class, self.raw_eval_dataset,
                 num_samples=self.args.eval_generation_samples, max_new_tokens=self.args.max_completion_length,
                 max_prompt_length=self.args.max_prompt_length, batch_size=self.args.per_device_eval_batch_size,
-                seed=self.args.seed, with_nll=False,
+                seed=self.args.seed, with_nll=False, temperature=self.args.temperature, top_k=self.args.top_k,
+                top_p=self.args.top_p,  # as the export samples (its generation_config.json)
             )  # fmt: skip
         return {f"generation/{k}": v for k, v in metrics.items()}
 
