@@ -31,9 +31,7 @@ Hugging Face-native toolkit for cooperative alternatives to maximum likelihood.
 ## Use
 
 ```python
-from transformers import pipeline
-
-generator = pipeline("text-generation", "{model_id}")
+{usage}
 print(generator({example_prompt})[0]["generated_text"])
 ```
 
@@ -58,6 +56,14 @@ temperature, top-k, top-p, max_new_tokens, every EOS id): `pipeline` and `model.
 {command}
 ```
 {citation_block}"""
+
+_USAGE = """from transformers import pipeline
+
+generator = pipeline("text-generation", "{model_id}")"""
+# transformers and peft load an adapter's generation config from its base model: the adapter's own is passed.
+_ADAPTER_USAGE = """from transformers import GenerationConfig, pipeline
+
+generator = pipeline("text-generation", "{model_id}", generation_config=GenerationConfig.from_pretrained("{model_id}"))"""
 
 _HYPERPARAMETERS = (
     "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs",
@@ -170,6 +176,7 @@ def render_model_card(
 
     eval_datasets = list(eval_datasets or [])
     title = model_id.rstrip("/").split("/")[-1]
+    results = model_index_results(metrics, quality, eval_datasets)
     data = ModelCardData(
         base_model=base_model if base_model and is_hub_id(base_model) else None,
         datasets=[d for d in datasets if is_hub_id(d)] or None,
@@ -178,12 +185,12 @@ def render_model_card(
         tags=list(dict.fromkeys(["hfcoop", algorithm, *(tags or [])])),
         language=language,
         license=license,
-        model_name=title,
-        eval_results=model_index_results(metrics, quality, eval_datasets) or None,
+        model_name=title if results else None,  # the model-index's name
+        eval_results=results or None,
     )
     body = _BODY.format(
         title=title,
-        model_id=model_id,
+        usage=(_ADAPTER_USAGE if library_name == "peft" else _USAGE).format(model_id=model_id),
         example_prompt=json.dumps(example_prompt, ensure_ascii=False),  # a Python string literal
         algorithm_title=algorithm_title,
         paper_line=f"\n- **Paper:** {paper}" if paper else "",

@@ -100,3 +100,46 @@ def test_quality_report_samples_with_the_exported_settings(exported, monkeypatch
     model = AutoModelForCausalLM.from_pretrained(out)
     assert configs and all(lean_sampling_settings(trainer.pair.generator, c) == lean_sampling_settings(
         model, model.generation_config) for c in configs)  # fmt: skip
+
+
+def card_snippet(folder: str) -> str:
+    card = open(f"{folder}/README.md").read()
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def pipeline_samples_as_trained(generator, trainer, text="a man riding a"):
+    ids = trainer.processing_class(text, return_tensors="pt")["input_ids"]
+    for seed in (0, 1):
+        (piped,) = seeded(lambda: generator(text, return_tensors=True), seed)
+        expected = seeded(lambda: generator.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                                           generation_config=trainer.generation_config), seed)  # fmt: skip
+        assert piped["generated_token_ids"] == expected[0].tolist()
+
+
+def test_the_cards_snippet_runs_and_samples_as_trained(exported, capsys):
+    trainer, out = exported
+    scope = {}
+    exec(card_snippet(out), scope)  # the card's own code, as a user pastes it
+    assert f'pipeline("text-generation", "{out}")' in card_snippet(out)  # not pushed: the local path
+    pipeline_samples_as_trained(scope["generator"], trainer)
+
+
+def test_an_adapter_export_samples_as_trained_through_its_cards_snippet(tiny_lm, tmp_path):
+    """transformers and peft load an adapter's generation config from its base model; the card passes the export's."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from hfcoop import MLEConfig, MLETrainer
+
+    out = str(tmp_path / "adapter")
+    args = MLEConfig(output_dir=out, max_steps=1, per_device_train_batch_size=4, use_cpu=True, report_to=[],
+                     save_strategy="no", disable_tqdm=True, **SAMPLING)  # fmt: skip
+    trainer = MLETrainer(tiny_lm, args=args, train_dataset=Dataset.from_dict({"text": coco_lines(8)}),
+                         peft_config=LoraConfig(r=4, target_modules=["c_attn"], task_type="CAUSAL_LM"))  # fmt: skip
+    trainer.train()
+    trainer.save_model()
+    assert json.load(open(f"{out}/generation_config.json"))["top_k"] == 40
+    assert "library_name: peft" in open(f"{out}/README.md").read()
+    scope = {}
+    exec(card_snippet(out), scope)
+    pipeline_samples_as_trained(scope["generator"], trainer)

@@ -117,9 +117,8 @@ class CooperativeConfig(TrainingArguments):
     )
     hub_include_reports: bool = field(
         default=False,
-        metadata={"help": "A push to the Hub also uploads the run's reports from output_dir: completions tables "
-                  "(completions/), quality.json, training_curves.png, TensorBoard logs (runs/). Off: a push uploads "
-                  "the model alone (weights, configs, tokenizer, model card, training arguments)."},
+        metadata={"help": "A push also uploads the run's reports: completions/, quality.json, training_curves.png, "
+                  "runs/ (TensorBoard). Off: the model alone (weights, configs, tokenizer, card, training args)."},
     )
     companion_peft: bool = field(
         default=False, metadata={"help": "Also put the `peft_config` adapters on an LM companion (not only G)."}
@@ -137,9 +136,8 @@ class CooperativeConfig(TrainingArguments):
     )
     chat_template_path: str | None = field(
         default=None,
-        metadata={"help": "As TRL's SFTConfig: the chat template for conversational data. A .jinja/.j2 file replaces "
-                  "the tokenizer's template; a tokenizer (local folder or Hub id) lends its template, added tokens and "
-                  "EOS (trl.clone_chat_template: the generator's embeddings are resized to match)."},
+        metadata={"help": "As TRL's: a .jinja/.j2 file replaces the tokenizer's chat template; a tokenizer (folder or "
+                  "Hub id) lends its template, tokens and EOS (trl.clone_chat_template; embeddings resized)."},
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
