@@ -52,6 +52,28 @@ def test_card_metadata_lists_only_hub_training_data(tmp_path):
     assert "datasets:" not in metadata(render_model_card(**card_args(datasets=["train.jsonl"])))
 
 
+def test_card_metadata_is_valid_model_card_data(tmp_path):
+    """Parsed back by huggingface_hub: Hub ids only for base_model/datasets, and a model-index of the quality report's
+    final numbers on the named evaluation data."""
+    from huggingface_hub import ModelCard
+
+    quality = {"before": {"bleu-2": 0.1}, "after": {"bleu-2": 0.25, "nll_per_token": 4.0}}
+    card = ModelCard(render_model_card(**card_args(model_id="me/cot-gpt2", base_model="openai-community/gpt2",
+                                                   datasets=["abisee/cnn_dailymail"], eval_datasets=["EdinburghNLP/xsum"],
+                                                   quality=quality, tags=["summarization"])))  # fmt: skip
+    data = card.data
+    assert (data.base_model, data.datasets, data.library_name, data.pipeline_tag) == (
+        "openai-community/gpt2", ["abisee/cnn_dailymail"], "transformers", "text-generation")
+    assert data.tags == ["hfcoop", "cot", "summarization"] and data.model_name == "cot-gpt2"
+    assert [(r.task_type, r.dataset_type, r.dataset_name, r.metric_type, r.metric_value) for r in data.eval_results] == [
+        ("text-generation", "EdinburghNLP/xsum", "EdinburghNLP/xsum", "bleu-2", 0.25),
+        ("text-generation", "EdinburghNLP/xsum", "EdinburghNLP/xsum", "nll_per_token", 4.0),
+    ]  # fmt: skip
+    assert 'pipeline("text-generation", "me/cot-gpt2")' in card.text
+    local = ModelCard(render_model_card(**card_args(base_model=str(tmp_path), quality=quality))).data
+    assert local.base_model is None and local.eval_results is None  # a local base; no evaluation data named
+
+
 def test_card_reports_quality_json_and_versions():
     quality = {"before": {"bleu": 0.1, "nll_per_token": 5.0}, "after": {"bleu": 0.25, "nll_per_token": 4.0}}
     card = render_model_card(**card_args(quality=quality, versions={"transformers": "9.9"}))
