@@ -67,9 +67,10 @@ def test_push_to_hub_without_token_fails_before_training(tiny_lm, coco_text, tmp
 
 
 # ----------------------------------------------------------------------------- what a push uploads
-# The model and nothing else: weights, configs, tokenizer, card, training arguments (Trainer's pickle + JSON).
+# The model and nothing else: weights, configs, tokenizer, card, training arguments (as JSON: no pickle is uploaded,
+# not even the training_args.bin that Trainer's checkpoint pushes write into output_dir).
 MODEL_FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "README.md", "training_args.bin", "hfcoop_training_args.json"}  # fmt: skip
+               "README.md", "hfcoop_training_args.json"}  # fmt: skip
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "recipes", "data")
 
@@ -98,6 +99,7 @@ def test_api_push_uploads_the_model_alone_and_a_valid_card(tiny_lm, coco_text, t
     trainer.push_to_hub()
     # Locally the run keeps its reports; the pushes (one per checkpoint, then the final one) carry the model alone.
     assert os.path.isdir(os.path.join(out, "completions")) and os.path.isdir(os.path.join(out, "runs"))
+    assert os.path.isfile(os.path.join(out, "training_args.bin"))  # Trainer's pickle: kept home
     *during, final = root_uploads(hub)
     assert len(during) == 2 and final == MODEL_FILES
     # The pushes at each checkpoint (Trainer's: weights, configs, tokenizer, args) hold nothing else either.

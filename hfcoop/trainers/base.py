@@ -26,7 +26,6 @@ import torch
 from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..data import (
     PromptCompletionCollator,
@@ -806,7 +805,6 @@ class CooperativeTrainer(Trainer):
         export_generation_config(pair.generator, self.generation_config).save_pretrained(output_dir)
         with open(os.path.join(output_dir, "hfcoop_training_args.json"), "w") as f:
             f.write(self.args.to_json_string())
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))  # as Trainer's _save (no token: __getstate__)
         if self._checkpointing:
             self.save_extra_state(output_dir)
 
@@ -896,9 +894,11 @@ class CooperativeTrainer(Trainer):
 
 
 # What a push uploads from output_dir (see CooperativeTrainer.files_to_push), and the reports it adds when asked.
+# The training arguments go as JSON: no pickle (Trainer's training_args.bin, which its checkpoint pushes write into
+# output_dir) is uploaded, as no pickle is exported.
 EXPORT_FILE_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
                         "model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors",
-                        "README.md", TRAINING_ARGS_NAME, "hfcoop_training_args.json")  # fmt: skip
+                        "README.md", "hfcoop_training_args.json")  # fmt: skip
 REPORT_FILES = ("completions", "quality.json", "training_curves.png", "runs")
 
 
