@@ -6,6 +6,7 @@
   ``{"role", "content"}`` messages. The tokenizer's chat template renders them (:func:`render_conversation`): the
   prompt with the generation prompt, the completion as what the assistant says, ending with the template's
   end-of-turn token. A ``messages`` row trains on its last assistant turn; the turns before it are the prompt.
+  A ``tools`` column (function schemas, or their JSON string) goes to the template with each row, as in TRL.
 
 Every tokenised row becomes ``prompt_input_ids`` + ``completion_input_ids`` (the completion ends with EOS
 unless it was truncated), and a batch is left-padded prompts + right-padded completions: exactly the layout
