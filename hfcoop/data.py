@@ -137,10 +137,12 @@ def check_chat_template(tokenizer: Any, rows: list[dict[str, Any]] = ()) -> None
         if tools is None:
             continue
         messages, _ = conversation_parts(row)
-        with_tools, without = (tokenizer.apply_chat_template(messages, tools=t, tokenize=False,
-                                                             add_generation_prompt=messages[-1]["role"] != "assistant")
-                               for t in (tools, None))  # fmt: skip
-        if with_tools == without:
+
+        def prompt(tools: list[Any] | None) -> str:
+            return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                 add_generation_prompt=messages[-1]["role"] != "assistant")  # fmt: skip
+
+        if prompt(tools) == prompt(None):
             raise ValueError(
                 "The data has a 'tools' column but the tokenizer's chat template ignores `tools` (the prompt renders "
                 "the same with and without them), so the model would never see them. Use a template that renders "
@@ -162,13 +164,16 @@ def apply_chat_template_path(tokenizer: Any, path: str | None) -> bool:
     True: the caller then runs ``trl.clone_chat_template``, which also resizes the embeddings)."""
     if path is None:
         return False
-    if path.endswith((".jinja", ".j2")):
-        if not os.path.isfile(path):
-            raise ValueError(f"chat_template_path '{path}' does not exist (a .jinja/.j2 file, or a tokenizer folder).")
-        with open(path, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-        return False
-    return True
+    if not path.endswith((".jinja", ".j2")):
+        if os.path.isfile(path):
+            raise ValueError(f"chat_template_path '{path}' is a file but not a .jinja/.j2 template: name the template "
+                             "file so, or give a tokenizer folder / Hub id whose template to copy.")  # fmt: skip
+        return True
+    if not os.path.isfile(path):
+        raise ValueError(f"chat_template_path '{path}' does not exist (a .jinja/.j2 file, or a tokenizer folder).")
+    with open(path, encoding="utf-8") as f:
+        tokenizer.chat_template = f.read()
+    return False
 
 
 def render_conversation(row: dict[str, Any], tokenizer: Any, eos_token_ids: list[int] | None = None) -> dict[str, str]:

@@ -128,3 +128,11 @@ def test_missing_chat_template_file_is_refused(chat_lm, tmp_path):
 def test_use_liger_kernel_is_refused_with_the_reason(config_cls):
     with pytest.raises(ValueError, match="use_liger_kernel is not supported by hfcoop: Liger's kernels patch a single"):
         config_cls(output_dir="unused", use_liger_kernel=True, use_cpu=True, report_to=[])
+
+
+def test_a_chat_template_path_that_is_no_template_file_is_refused(chat_lm, tmp_path):
+    other = tmp_path / "template.txt"
+    other.write_text(TOOLS_TEMPLATE)
+    args = MLEConfig(output_dir=str(tmp_path / "out"), chat_template_path=str(other), **SMALL)
+    with pytest.raises(ValueError, match="is a file but not a .jinja/.j2 template"):
+        MLETrainer(chat_lm, args=args, train_dataset=Dataset.from_list(chat_rows(4, None)))
