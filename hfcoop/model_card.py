@@ -75,6 +75,7 @@ _NOT_RESULTS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_secon
 
 # A Hub id: "name" or "owner/name" (letters, digits, -, _, .), which is not a file or folder here.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_SPLIT_SUFFIX = re.compile(r"^(.+) \(([\w.-]+) split\)$")
 _DATA_EXTENSIONS = (".txt", ".json", ".jsonl", ".csv", ".parquet", ".arrow", ".tsv")
 
 
@@ -121,21 +122,24 @@ def model_index_results(
     metrics: dict[str, float], quality: dict[str, dict[str, float]] | None, eval_datasets: list[str]
 ) -> list[Any]:
     """The model-index entries (``EvalResult``) of the card: the quality report's "after" column when ``hfcoop
-    train`` wrote one, else the last evaluation's numbers; on the first evaluation data set. None without one."""
+    train`` wrote one, else the last evaluation's numbers; on the first evaluation data set (its Hub id as the
+    dataset type, else the file's name; a ``"name (test split)"`` as name and split). None without one."""
     from huggingface_hub import EvalResult
 
     if not eval_datasets:
         return []
     if quality and quality.get("after"):
-        values = {k: v for k, v in quality["after"].items()}
+        values = dict(quality["after"])
     else:  # eval_loss is the generator's per-token NLL of the evaluation completions (prediction_step)
         values = {("nll_per_token" if k == "eval_loss" else k.removeprefix("eval_").removeprefix("generation/")): v
                   for k, v in metrics.items() if k not in _NOT_RESULTS}  # fmt: skip
-    name = eval_datasets[0]
+    name, split = eval_datasets[0], None
+    if match := _SPLIT_SUFFIX.match(name):  # the CLI names a split of dataset_name so
+        name, split = match.groups()
     dataset_type = name if is_hub_id(name) else os.path.basename(name.rstrip("/")) or name
     return [
-        EvalResult(task_type="text-generation", dataset_type=dataset_type, dataset_name=name, metric_type=key,
-                   metric_value=round(float(value), 6))
+        EvalResult(task_type="text-generation", dataset_type=dataset_type, dataset_name=name, dataset_split=split,
+                   metric_type=key, metric_value=round(float(value), 6))
         for key, value in values.items() if isinstance(value, (int, float)) and math.isfinite(value)
     ]  # fmt: skip
 

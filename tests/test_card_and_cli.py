@@ -70,6 +70,10 @@ def test_card_metadata_is_valid_model_card_data(tmp_path):
         ("text-generation", "EdinburghNLP/xsum", "EdinburghNLP/xsum", "nll_per_token", 4.0),
     ]  # fmt: skip
     assert 'pipeline("text-generation", "me/cot-gpt2")' in card.text
+    split = ModelCard(render_model_card(**card_args(eval_datasets=["EdinburghNLP/xsum (validation split)"],
+                                                    quality=quality))).data.eval_results[0]  # fmt: skip
+    assert (split.dataset_type, split.dataset_name, split.dataset_split) == ("EdinburghNLP/xsum", "EdinburghNLP/xsum",
+                                                                              "validation")  # fmt: skip
     local = ModelCard(render_model_card(**card_args(base_model=str(tmp_path), quality=quality))).data
     assert local.base_model is None and local.eval_results is None  # a local base; no evaluation data named
 
