@@ -239,10 +239,18 @@ def tiny_model_positions(script: ScriptArguments, args: Any, data_format: str) -
     return max(128, prompt + args.max_completion_length)
 
 
+def cache_dir() -> str:
+    """Where hfcoop keeps what it builds for a run but is not the run's result (the tiny base models): ``$HFCOOP_CACHE``,
+    else ``$XDG_CACHE_HOME/hfcoop``, else ``~/.cache/hfcoop``. Outside ``output_dir``, so a push uploads none of it."""
+    if os.environ.get("HFCOOP_CACHE"):
+        return os.path.expanduser(os.environ["HFCOOP_CACHE"])
+    return os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "~/.cache"), "hfcoop")
+
+
 def resolve_model(
     model_name_or_path: str | None, script: ScriptArguments, train: Any, args: Any, generators: Any = None
 ) -> str:
-    """The generator path; builds the tiny model (once per settings and data, inside the run's folder) when asked to."""
+    """The generator path; builds the tiny model (once per settings and data, in :func:`cache_dir`) when asked to."""
     if model_name_or_path:
         check_model_reference(model_name_or_path, "model_name_or_path")
         return model_name_or_path
@@ -268,11 +276,29 @@ def resolve_model(
     # The cached model is keyed by its settings and the texts its tokenizer learns from: a changed recipe or data
     # set builds a new one instead of silently reusing the old.
     digest = hashlib.sha256(json.dumps([settings, texts]).encode()).hexdigest()[:10]
-    path = os.path.join(args.output_dir, f"tiny-base-model-{digest}")
+    path = os.path.join(cache_dir(), f"tiny-base-model-{digest}")
     with args.main_process_first(desc="tiny model"):  # under accelerate launch: built once, read by every rank
         if not os.path.isfile(os.path.join(path, "config.json")):
-            build_tiny_model(path, texts, **settings)
+            build_atomically(path, lambda folder: build_tiny_model(folder, texts, **settings))
     return path
+
+
+def build_atomically(path: str, build: Any) -> None:
+    """``build(folder)`` into a private folder beside ``path``, then renamed to ``path``: two runs sharing the cache
+    (separate jobs, not the ranks of one launch) never read a half-written model; the second one's copy is dropped."""
+    import shutil
+    import tempfile
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=os.path.basename(path) + ".partial-", dir=os.path.dirname(path))
+    try:
+        build(folder)
+        os.rename(folder, path)
+    except OSError:
+        if not os.path.isfile(os.path.join(path, "config.json")):  # not "another run finished it first"
+            raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _texts_of(value: Any) -> list[str]:
@@ -527,8 +553,8 @@ def train(argv: list[str]) -> dict[str, Any]:
             with open(os.path.join(args.output_dir, "quality.json"), "w") as f:
                 json.dump(report, f, indent=2)
             print_quality(report)
-    # Written last, once: save_model() exports the generator and card and, with push_to_hub, uploads them (with
-    # the quality report and curves beside them).
+    # Written last, once: save_model() exports the generator and card and, with push_to_hub, uploads them (the
+    # quality report and curves too only with hub_include_reports; the card's model-index holds the results).
     trainer.save_model()
     if trainer.is_world_process_zero():
         print(f"hfcoop: generator saved to {args.output_dir}")
@@ -550,6 +576,10 @@ def quality(trainer: Any, eval_dataset: Any, num_samples: int) -> dict[str, floa
         max_prompt_length=trainer.args.max_prompt_length,
         batch_size=max(trainer.args.per_device_eval_batch_size, 32),
         seed=trainer.args.seed,
+        # The training's sampling settings: those the export's generation_config.json holds.
+        temperature=trainer.args.temperature,
+        top_k=trainer.args.top_k,
+        top_p=trainer.args.top_p,
     )
 
 

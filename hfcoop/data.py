@@ -6,6 +6,7 @@
   ``{"role", "content"}`` messages. The tokenizer's chat template renders them (:func:`render_conversation`): the
   prompt with the generation prompt, the completion as what the assistant says, ending with the template's
   end-of-turn token. A ``messages`` row trains on its last assistant turn; the turns before it are the prompt.
+  A ``tools`` column (function schemas, or their JSON string) goes to the template with each row, as in TRL.
 
 Every tokenised row becomes ``prompt_input_ids`` + ``completion_input_ids`` (the completion ends with EOS
 unless it was truncated), and a batch is left-padded prompts + right-padded completions: exactly the layout
@@ -14,6 +15,8 @@ that ``generate`` produces, so real and generated sequences go through the same 
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -51,7 +54,7 @@ def detect_format(column_names: list[str] | None, dataset_name: str = "dataset",
     )
 
 
-def _first_row(dataset: Dataset | IterableDataset) -> dict[str, Any] | None:
+def first_row(dataset: Dataset | IterableDataset) -> dict[str, Any] | None:
     if isinstance(dataset, Dataset):
         return dataset[0] if len(dataset) else None
     return next(iter(dataset), None)
@@ -59,6 +62,12 @@ def _first_row(dataset: Dataset | IterableDataset) -> dict[str, Any] | None:
 
 def check_row(row: dict[str, Any], fmt: Format, where: str) -> None:
     """A row matches its format: strings for text / prompt-completion, message lists for conversational data."""
+    if fmt != "conversational" and row_tools(row) is not None:
+        raise ValueError(
+            f"{where} has a 'tools' column, but its rows are plain strings: tools reach the model only through a chat "
+            "template (as in TRL), which renders conversational rows ('messages', or 'prompt'/'completion' message "
+            "lists). Convert the rows (`hfcoop.data.to_conversational`) or drop the column."
+        )
     if fmt != "conversational":
         for column in ("text",) if fmt == "text" else ("prompt", "completion"):
             if not isinstance(row[column], str):
@@ -89,7 +98,7 @@ def validate_dataset(dataset: Dataset | IterableDataset | None, dataset_name: st
     """Checks a dataset before any compute: format, non-empty, string (or message-list) columns."""
     if dataset is None:
         return None
-    first = _first_row(dataset)
+    first = first_row(dataset)
     fmt = detect_format(dataset.column_names, dataset_name, first)
     if first is None:
         raise ValueError(f"{dataset_name} is empty: give it at least one row.")
@@ -99,14 +108,72 @@ def validate_dataset(dataset: Dataset | IterableDataset | None, dataset_name: st
     return fmt
 
 
-def check_chat_template(tokenizer: Any) -> None:
-    """Conversational data needs the tokenizer's chat template; refuse early and name the fixes."""
+def row_tools(row: dict[str, Any]) -> list[Any] | None:
+    """A row's ``tools`` (function schemas) for the chat template, as TRL reads them: a list, or a JSON string of one
+    (Arrow stores schemas of different shapes best as strings); None when absent or empty."""
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"a 'tools' cell is not valid JSON ({err.msg}): {tools[:80]!r}") from None
+    return tools or None  # `or None`: as TRL (Llama's template renders tool boilerplate for tools=[])
+
+
+def check_chat_template(tokenizer: Any, rows: list[dict[str, Any]] = ()) -> None:
+    """Conversational data needs the tokenizer's chat template; refuse early and name the fixes.
+
+    ``rows``: sample rows (the first of each data set); when one has ``tools``, the template must render them. A
+    template that ignores them (same prompt with and without) would train and score without the tools: refused.
+    """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "The data is conversational (messages) but the tokenizer has no chat template. Use an instruct model's "
-            "tokenizer, set one (`tokenizer.chat_template = open('template.jinja').read()`, or copy another "
-            "model's), or render the rows to plain 'prompt'/'completion' strings yourself."
+            "tokenizer, set one with `chat_template_path` (a .jinja file, or a tokenizer whose template to copy), "
+            "or render the rows to plain 'prompt'/'completion' strings yourself."
         )
+    for row in rows:
+        tools = row_tools(row)
+        if tools is None:
+            continue
+        messages, _ = conversation_parts(row)
+
+        def prompt(tools: list[Any] | None) -> str:
+            return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                 add_generation_prompt=messages[-1]["role"] != "assistant")  # fmt: skip
+
+        if prompt(tools) == prompt(None):
+            raise ValueError(
+                "The data has a 'tools' column but the tokenizer's chat template ignores `tools` (the prompt renders "
+                "the same with and without them), so the model would never see them. Use a template that renders "
+                "tools (`chat_template_path`: a .jinja file, or a tool-calling model's tokenizer), or drop the column."
+            )
+
+
+def conversation_parts(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(prompt messages, completion messages) of a conversational row: a ``messages`` row's last turn is the
+    completion, the turns before it the prompt."""
+    if "messages" in row:
+        return row["messages"][:-1], row["messages"][-1:]
+    return row["prompt"], row["completion"]
+
+
+def apply_chat_template_path(tokenizer: Any, path: str | None) -> bool:
+    """TRL's ``chat_template_path``: a ``.jinja`` / ``.j2`` file replaces the tokenizer's chat template here; a
+    tokenizer (folder or Hub id) lends its template, its added tokens and EOS once the model is loaded (returns
+    True: the caller then runs ``trl.clone_chat_template``, which also resizes the embeddings)."""
+    if path is None:
+        return False
+    if not path.endswith((".jinja", ".j2")):
+        if os.path.isfile(path):
+            raise ValueError(f"chat_template_path '{path}' is a file but not a .jinja/.j2 template: name the template "
+                             "file so, or give a tokenizer folder / Hub id whose template to copy.")  # fmt: skip
+        return True
+    if not os.path.isfile(path):
+        raise ValueError(f"chat_template_path '{path}' does not exist (a .jinja/.j2 file, or a tokenizer folder).")
+    with open(path, encoding="utf-8") as f:
+        tokenizer.chat_template = f.read()
+    return False
 
 
 def render_conversation(row: dict[str, Any], tokenizer: Any, eos_token_ids: list[int] | None = None) -> dict[str, str]:
@@ -120,12 +187,9 @@ def render_conversation(row: dict[str, Any], tokenizer: Any, eos_token_ids: list
     Both strings carry the template's special tokens verbatim: tokenise them with ``add_special_tokens=False``.
     """
     check_chat_template(tokenizer)
-    if "messages" in row:
-        prompt_messages, completion_messages = row["messages"][:-1], row["messages"][-1:]
-    else:
-        prompt_messages, completion_messages = row["prompt"], row["completion"]
+    prompt_messages, completion_messages = conversation_parts(row)
     continue_final = prompt_messages[-1]["role"] == "assistant"
-    template_kwargs = dict(row.get("chat_template_kwargs") or {})
+    template_kwargs = dict(row.get("chat_template_kwargs") or {}) | {"tools": row_tools(row)}  # TRL passes tools too
     prompt = tokenizer.apply_chat_template(
         prompt_messages, tokenize=False, add_generation_prompt=not continue_final,
         continue_final_message=continue_final, **template_kwargs,

@@ -40,10 +40,13 @@ def sample_texts(
     batch_size: int = 32,
     temperature: float = 1.0,
     add_special_tokens: bool = True,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> list[str]:
     """Decoded samples: ``num_samples`` unconditional ones, or one per prompt when prompts are given
     (``add_special_tokens=False`` for prompts rendered by a chat template, which carry their own)."""
-    config = build_generation_config(tokenizer, max_new_tokens, temperature, eos_token_ids=eos_token_ids(tokenizer, model))
+    config = build_generation_config(tokenizer, max_new_tokens, temperature, top_k, top_p,
+                                     eos_token_ids=eos_token_ids(tokenizer, model))  # fmt: skip
     device = next(model.parameters()).device
     if max_prompt_length is None:  # as many prompt tokens as fit next to the completion
         max_prompt_length = (max_positions(model) or 10**9) - max_new_tokens
@@ -74,8 +77,11 @@ def generation_quality(
     seed: int = 0,
     temperature: float = 1.0,
     with_nll: bool = True,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> dict[str, float]:
-    """Sample-based metrics plus reference NLL (``with_nll``), as in the module docstring (seeded, restores RNG)."""
+    """Sample-based metrics plus reference NLL (``with_nll``), as in the module docstring (seeded, restores RNG).
+    Samples are drawn with ``temperature`` / ``top_k`` / ``top_p`` (a trained run's: what its export samples with)."""
     fmt = detect_format(dataset.column_names, "evaluation dataset", dataset[0] if len(dataset) else None)
     chat = fmt == "conversational"
     if chat:
@@ -86,7 +92,7 @@ def generation_quality(
         if fmt == "text":
             references = _normalise(tokenizer, list(dataset["text"]))
             samples = sample_texts(model, tokenizer, None, num_samples, max_new_tokens, batch_size=batch_size,
-                                   temperature=temperature)  # fmt: skip
+                                   temperature=temperature, top_k=top_k, top_p=top_p)  # fmt: skip
             metrics = compute_generation_metrics(samples, references, task="unconditional", seed=seed)
             if with_nll:
                 nll = reference_nll(model, tokenizer, list(dataset["text"])[:2000], batch_size=batch_size)
@@ -94,7 +100,7 @@ def generation_quality(
             rows = dataset.select(range(min(num_samples, len(dataset))))
             prompts = list(rows["prompt"])
             samples = sample_texts(model, tokenizer, prompts, len(prompts), max_new_tokens, max_prompt_length,
-                                   batch_size, temperature, add_special_tokens=not chat)  # fmt: skip
+                                   batch_size, temperature, add_special_tokens=not chat, top_k=top_k, top_p=top_p)  # fmt: skip
             references = _normalise(tokenizer, list(rows["completion"]))
             metrics = compute_generation_metrics(samples, references, task="conditional")
             # Score as training tokenises (hfcoop.data.tokenize_row): the prompt gets BOS only if the tokenizer adds it.

@@ -57,6 +57,27 @@ def build_generation_config(
     )
 
 
+# What an exported generator's ``generation_config.json`` takes from the training's sampling (the rest stays the model's).
+EXPORTED_SAMPLING_SETTINGS = ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "eos_token_id",
+                              "pad_token_id", "bos_token_id")  # fmt: skip
+
+
+def export_generation_config(model: nn.Module, generation_config: GenerationConfig) -> GenerationConfig:
+    """The generation config saved beside a trained generator: the model's own, with the training's sampling
+    settings (:data:`EXPORTED_SAMPLING_SETTINGS`, every EOS id included) on top.
+
+    Training sampled with exactly this merge (:func:`lean_sampling_settings` / ``generate`` fill what
+    ``generation_config`` leaves unset from the model's own config), so ``model.generate()`` and
+    ``pipeline("text-generation", ...)`` on the export sample as training and its quality report did, instead of
+    decoding greedily (transformers' default without ``do_sample``).
+    """
+    own = getattr(unwrap_peft(model), "generation_config", None)
+    exported = copy.deepcopy(own) if own is not None else GenerationConfig()
+    exported.update(**{k: getattr(generation_config, k) for k in EXPORTED_SAMPLING_SETTINGS})
+    exported._from_model_config = False  # set by hand now, not derived from config.json
+    return exported
+
+
 @contextmanager
 def generation_mode(
     model: nn.Module, accelerator: Any = None, engine: Any = None, scorers: tuple[nn.Module, ...] = ()

@@ -4,6 +4,7 @@ Modelled on TRL's ``GRPOTrainer`` (``log_completions``): rows are gathered from 
 process writes them to ``<output_dir>/completions/completions_<step>.jsonl`` and to each tracker that
 ``report_to`` names and that can show a table — TensorBoard (a Markdown table under the ``completions`` text
 tag), Weights & Biases and trackio (``Table``), MLflow (``log_table``). Other trackers get the jsonl file.
+The tables are the run's report, not the model: a push to the Hub uploads them only with ``hub_include_reports``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # without it a Hub lookup retries for ~48 s before failing
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "HFCOOP_CACHE" not in os.environ:  # the CLI's tiny base models: one fresh cache per test session, not ~/.cache
+    import tempfile
+
+    os.environ["HFCOOP_CACHE"] = tempfile.mkdtemp(prefix="hfcoop-cache-")
 
 import pathlib
 

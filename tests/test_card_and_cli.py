@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 import transformers.modeling_utils
 from hfcoop import CoTConfig, CoTTrainer, MLEConfig, MLETrainer
 from hfcoop.cli import main
-from hfcoop.model_card import is_hub_dataset_id, render_model_card
+from hfcoop.model_card import is_hub_id, render_model_card
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "recipes", "data")
@@ -25,7 +25,7 @@ SMALL = dict(per_device_train_batch_size=4, max_completion_length=6, use_cpu=Tru
 
 
 def card_args(**overrides):
-    kwargs = dict(model_name="m", algorithm="cot", algorithm_title="CoT", paper="", citation="", base_model=None,
+    kwargs = dict(model_id="m", algorithm="cot", algorithm_title="CoT", paper="", citation="", base_model=None,
                   datasets=[], companion="mediator", companion_saved=False, hyperparameters={}, metrics={},
                   command="hfcoop train cot")  # fmt: skip
     return kwargs | overrides
@@ -39,8 +39,8 @@ def metadata(card: str) -> str:
 @pytest.mark.parametrize("name,hub", [("xsum", True), ("abisee/cnn_dailymail", True), ("data/train.jsonl", False),
                                       ("../shared/data/image_coco/test_coco.txt", False), ("/abs/folder", False),
                                       ("a/b/c", False), ("coco.txt", False)])  # fmt: skip
-def test_only_hub_dataset_ids_are_hub_ids(name, hub):
-    assert is_hub_dataset_id(name) is hub
+def test_only_hub_ids_are_hub_ids(name, hub):
+    assert is_hub_id(name) is hub
 
 
 def test_card_metadata_lists_only_hub_training_data(tmp_path):
@@ -53,6 +53,32 @@ def test_card_metadata_lists_only_hub_training_data(tmp_path):
     assert "**Evaluation data:** EdinburghNLP/xsum" in card
     assert "**Training data:** abisee/cnn_dailymail, recipes/data/coco.txt" in card
     assert "datasets:" not in metadata(render_model_card(**card_args(datasets=["train.jsonl"])))
+
+
+def test_card_metadata_is_valid_model_card_data(tmp_path):
+    """Parsed back by huggingface_hub: Hub ids only for base_model/datasets, and a model-index of the quality report's
+    final numbers on the named evaluation data."""
+    from huggingface_hub import ModelCard
+
+    quality = {"before": {"bleu-2": 0.1}, "after": {"bleu-2": 0.25, "nll_per_token": 4.0}}
+    card = ModelCard(render_model_card(**card_args(model_id="me/cot-gpt2", base_model="openai-community/gpt2",
+                                                   datasets=["abisee/cnn_dailymail"], eval_datasets=["EdinburghNLP/xsum"],
+                                                   quality=quality, tags=["summarization"])))  # fmt: skip
+    data = card.data
+    assert (data.base_model, data.datasets, data.library_name, data.pipeline_tag) == (
+        "openai-community/gpt2", ["abisee/cnn_dailymail"], "transformers", "text-generation")
+    assert data.tags == ["hfcoop", "cot", "summarization"] and data.model_name == "cot-gpt2"
+    assert [(r.task_type, r.dataset_type, r.dataset_name, r.metric_type, r.metric_value) for r in data.eval_results] == [
+        ("text-generation", "EdinburghNLP/xsum", "EdinburghNLP/xsum", "bleu-2", 0.25),
+        ("text-generation", "EdinburghNLP/xsum", "EdinburghNLP/xsum", "nll_per_token", 4.0),
+    ]  # fmt: skip
+    assert 'pipeline("text-generation", "me/cot-gpt2")' in card.text
+    split = ModelCard(render_model_card(**card_args(eval_datasets=["EdinburghNLP/xsum (validation split)"],
+                                                    quality=quality))).data.eval_results[0]  # fmt: skip
+    assert (split.dataset_type, split.dataset_name, split.dataset_split) == ("EdinburghNLP/xsum", "EdinburghNLP/xsum",
+                                                                              "validation")  # fmt: skip
+    local = ModelCard(render_model_card(**card_args(base_model=str(tmp_path), quality=quality))).data
+    assert local.base_model is None and local.eval_results is None  # a local base; no evaluation data named
 
 
 def test_card_reports_quality_json_and_versions():

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 import transformers.trainer
 from helpers import StopAfter
 from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, MLEConfig, MLETrainer, PsiMLEConfig, PsiMLETrainer
-from hfcoop.cli import main
+from hfcoop.cli import cache_dir, main
 from hfcoop.data import load_any_dataset
 from hfcoop.guards import CHECKPOINT_MARKER, NonFiniteTrainingError, OutputDirError
 from hfcoop.tiny import build_tiny_model
@@ -59,7 +59,8 @@ def test_hub_token_reaches_no_file_and_the_run_is_pushed_once(tmp_path, monkeypa
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
     out = str(tmp_path / "run")
     main(["train", "cot", "--config", COT_RECIPE, *flags(out, steps=4, report_to="tensorboard", quality_samples="4",
-                                                        push_to_hub="true", hub_token=SENTINEL, hub_strategy="end")])  # fmt: skip
+                                                        push_to_hub="true", hub_token=SENTINEL, hub_strategy="end",
+                                                        hub_include_reports="true")])  # fmt: skip
     written = [os.path.join(r, n) for r, _, names in os.walk(out) for n in names]
     assert any(p.endswith(".safetensors") for p in written) and any("tfevents" in p for p in written)
     leaks = [p for p in written if SENTINEL.encode() in open(p, "rb").read()]
@@ -124,14 +125,16 @@ def test_unwritable_output_dir_is_refused_at_construction(tiny_lm, coco_text, tm
         MLETrainer(tiny_lm, train_dataset=coco_text, args=config(MLEConfig, tmp_path, output_dir=str(blocker / "out")))
 
 
-def test_cached_tiny_model_depends_on_its_settings(tmp_path):
+def test_cached_tiny_model_depends_on_its_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("HFCOOP_CACHE", str(tmp_path / "cache"))
     out = str(tmp_path / "run")
     main(["train", "mle", "--config", MLE_RECIPE, *flags(out, save_steps="100")])
     main(["train", "mle", "--config", MLE_RECIPE, *flags(out, save_steps="100", tiny_model_hidden="48"),
           "--overwrite_output_dir", "true"])  # fmt: skip
-    tiny = sorted(n for n in os.listdir(out) if n.startswith("tiny-base-model"))
-    assert len(tiny) == 2
-    widths = {json.load(open(os.path.join(out, t, "config.json")))["n_embd"] for t in tiny}
+    assert not any(n.startswith("tiny-base-model") for n in os.listdir(out))  # scratch lives outside the run
+    tiny = [os.path.join(cache_dir(), n) for n in os.listdir(cache_dir())]
+    assert len(tiny) == 2 and all(os.path.basename(t).startswith("tiny-base-model-") for t in tiny)  # no partial left
+    widths = {json.load(open(os.path.join(t, "config.json")))["n_embd"] for t in tiny}
     assert widths == {32, 48}
     assert json.load(open(os.path.join(out, "config.json")))["n_embd"] == 48  # the run used the new settings
 

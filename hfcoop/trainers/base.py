@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import dataclasses
+import fnmatch
+import glob
+import hashlib
 import os
 import warnings
 from collections import defaultdict
@@ -25,7 +27,14 @@ from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
-from ..data import PromptCompletionCollator, check_chat_template, tokenize_dataset, validate_dataset
+from ..data import (
+    PromptCompletionCollator,
+    apply_chat_template_path,
+    check_chat_template,
+    first_row,
+    tokenize_dataset,
+    validate_dataset,
+)
 from ..guards import (
     check_finite_gradients,
     check_finite_loss,
@@ -55,7 +64,7 @@ from ..modeling import (
     unwrap_peft,
 )
 from ..shared_base import GENERATOR_ADAPTER, check_shared_base_peft_config
-from ..sampling import build_generation_config, generation_mode, sample_completions
+from ..sampling import build_generation_config, export_generation_config, generation_mode, sample_completions
 from ..watching import CompletionsLogger, write_completions
 
 
@@ -105,6 +114,11 @@ class CooperativeConfig(TrainingArguments):
         default=False,
         metadata={"help": "Also export the companion (mediator/ratio model/discriminator) in a subfolder."},
     )
+    hub_include_reports: bool = field(
+        default=False,
+        metadata={"help": "A push also uploads the run's reports: completions/, quality.json, training_curves.png, "
+                  "runs/ (TensorBoard). Off: the model alone (weights, configs, tokenizer, card, training args)."},
+    )
     companion_peft: bool = field(
         default=False, metadata={"help": "Also put the `peft_config` adapters on an LM companion (not only G)."}
     )
@@ -118,6 +132,11 @@ class CooperativeConfig(TrainingArguments):
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the Hub (only for models you trust)."}
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={"help": "As TRL's: a .jinja/.j2 file replaces the tokenizer's chat template; a tokenizer (folder or "
+                  "Hub id) lends its template, tokens and EOS (trl.clone_chat_template; embeddings resized)."},
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
@@ -236,6 +255,15 @@ class CooperativeConfig(TrainingArguments):
             raise ValueError(f"shared_base puts a companion model on the generator's base; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
+        if self.use_liger_kernel:
+            # Trainer patches self.model only when it is one PreTrainedModel; hfcoop's is the pair, so Trainer would
+            # skip it with a log line. Patching both models is not done: refused rather than accepted and ignored.
+            raise ValueError(
+                "use_liger_kernel is not supported by hfcoop: Liger's kernels patch a single PreTrainedModel, and an "
+                "hfcoop trainer holds a generator and a companion (transformers' Trainer would skip them and train "
+                "unpatched). Remove use_liger_kernel; for memory, use gradient_checkpointing, peft_config (LoRA) or "
+                "shared_base."
+            )
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
             # Nothing to pin for, and torch warns on every dataloader; TrainingArguments turns it off for use_cpu only.
             self.dataloader_pin_memory = False
@@ -290,8 +318,9 @@ class CooperativeTrainer(Trainer):
         train_format = validate_dataset(train_dataset, "train_dataset")
         eval_format = validate_dataset(eval_dataset, "eval_dataset")
         self.data_format = train_format or eval_format
-        generator, tokenizer = self._load_generator(model, processing_class, peft_config, args,
-                                                    "conversational" in (train_format, eval_format))  # fmt: skip
+        chat_rows = [first_row(d) for d, f in ((train_dataset, train_format), (eval_dataset, eval_format))
+                     if f == "conversational"]  # fmt: skip
+        generator, tokenizer = self._load_generator(model, processing_class, peft_config, args, chat_rows)
         pair = self._build_pair(companion, generator, tokenizer, peft_config, args)
 
         def prepare(dataset: Any, fmt: Any) -> Any:
@@ -322,17 +351,18 @@ class CooperativeTrainer(Trainer):
         self._checkpointing = False  # True while save_model writes a resumable checkpoint
 
     def _load_generator(
-        self, model: Any, processing_class: Any, peft_config: Any, args: CooperativeConfig, conversational: bool
+        self, model: Any, processing_class: Any, peft_config: Any, args: CooperativeConfig, chat_rows: list[dict]
     ) -> tuple[PreTrainedModel, Any]:
-        """(generator, tokenizer), checked: chat template, quantization only with adapters, lengths; sets
-        ``base_model_id`` and ``eos_token_ids``."""
+        """(generator, tokenizer), checked: chat template (``chat_rows``: the first row of each conversational data
+        set), quantization only with adapters, lengths; sets ``base_model_id`` and ``eos_token_ids``."""
         model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
         self.base_model_id = model_id
         init_kwargs = args.resolved_model_init_kwargs
         tokenizer = load_tokenizer(processing_class, model_id, revision=init_kwargs.get("revision"),
                                    trust_remote_code=init_kwargs["trust_remote_code"])  # fmt: skip
-        if conversational:
-            check_chat_template(tokenizer)
+        clone_template = apply_chat_template_path(tokenizer, args.chat_template_path)
+        if chat_rows and not clone_template:  # a cloned template is checked once the model is loaded (below)
+            check_chat_template(tokenizer, chat_rows)
         if not isinstance(model, str) and args.model_init_kwargs:
             warnings.warn("model_init_kwargs are ignored: the model is already loaded (they apply to a name or path).")
         elif peft_config is None and "quantization_config" in init_kwargs:
@@ -343,6 +373,12 @@ class CooperativeTrainer(Trainer):
         generator = load_causal_lm(model, name="model", init_kwargs=init_kwargs)
         if peft_config is None and is_quantized(generator):
             raise ValueError("The model is quantized: its weights cannot be trained. Pass a peft_config (QLoRA).")
+        if clone_template:  # as TRL's SFTTrainer: the template, its added tokens and EOS; embeddings resized
+            from trl import clone_chat_template
+
+            generator, tokenizer, _ = clone_chat_template(generator, tokenizer, args.chat_template_path)
+            if chat_rows:
+                check_chat_template(tokenizer, chat_rows)
         # Several EOS ids (an instruct model's end-of-turn and EOS): sampling stops on any, masks treat them alike.
         self.eos_token_ids = eos_token_ids(tokenizer, generator)
         check_lengths(generator, args, self.data_format)
@@ -592,7 +628,8 @@ class CooperativeTrainer(Trainer):
                 self.pair.generator, self.processing_class, self.raw_eval_dataset,
                 num_samples=self.args.eval_generation_samples, max_new_tokens=self.args.max_completion_length,
                 max_prompt_length=self.args.max_prompt_length, batch_size=self.args.per_device_eval_batch_size,
-                seed=self.args.seed, with_nll=False,
+                seed=self.args.seed, with_nll=False, temperature=self.args.temperature, top_k=self.args.top_k,
+                top_p=self.args.top_p,  # as the export samples (its generation_config.json)
             )  # fmt: skip
         return {f"generation/{k}": v for k, v in metrics.items()}
 
@@ -762,8 +799,10 @@ class CooperativeTrainer(Trainer):
             save_module(pair.generator, output_dir, split["generator"])
         if pair.companion is not None and (self._checkpointing or self.args.save_companion):
             save_module(pair.companion, os.path.join(output_dir, self.companion_name), split["companion"])
-        self.processing_class.save_pretrained(output_dir)
-        self.generation_config.save_pretrained(os.path.join(output_dir, "hfcoop_sampling"))
+        saved = self.processing_class.save_pretrained(output_dir)
+        self._tokenizer_files = {os.path.basename(str(p)) for p in saved or ()}  # what a push uploads of the tokenizer
+        # After the model's own: generate() and pipeline() on this folder sample as training did.
+        export_generation_config(pair.generator, self.generation_config).save_pretrained(output_dir)
         with open(os.path.join(output_dir, "hfcoop_training_args.json"), "w") as f:
             f.write(self.args.to_json_string())
         if self._checkpointing:
@@ -805,16 +844,77 @@ class CooperativeTrainer(Trainer):
             return getattr(self, "_push_result", None)
         self._exporting = True
         try:
-            self._push_result = super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+            with self.uploading_export_only():
+                self._push_result = super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
             self._pushed = key
             return self._push_result
         finally:
             self._exporting = False
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with self.uploading_export_only():  # hub_strategy="every_save" uploads output_dir at each checkpoint too
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def files_to_push(self, folder: str) -> list[str]:
+        """The files of ``folder`` (output_dir) that a push uploads: the exported generator (weights, configs), its
+        tokenizer, the card and the training arguments; the companion's subfolder with ``save_companion``; the run's
+        reports with ``hub_include_reports``. Never scratch, logs or anything else the folder holds."""
+        root = (*EXPORT_FILE_PATTERNS, *sorted(getattr(self, "_tokenizer_files", ())))
+        folders = {self.companion_name} if self.args.save_companion else set()
+        if self.args.hub_include_reports:
+            root += REPORT_FILES
+            folders |= set(REPORT_FILES)
+        files = []
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and any(fnmatch.fnmatch(name, p) for p in root):
+                files.append(name)
+            elif os.path.isdir(path) and name in folders:
+                files += sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(path) for f in fs)
+        return files
+
+    @contextlib.contextmanager
+    def uploading_export_only(self) -> Iterator[None]:
+        """Trainer's pushes upload all of output_dir (minus ``_*`` and checkpoints) through ``transformers.trainer.
+        hf_api()``; meanwhile that API restricts an upload of output_dir itself to :meth:`files_to_push` (checkpoint
+        folders pushed by ``hub_strategy`` keep every file: resuming from the Hub needs them)."""
+        import transformers.trainer as trainer_module
+
+        make_api = trainer_module.hf_api
+        trainer_module.hf_api = lambda: _ExportOnlyApi(make_api(), self.args.output_dir, self.files_to_push)
+        try:
+            yield
+        finally:
+            trainer_module.hf_api = make_api
+
     def create_model_card(self, output_dir: str | None = None, **kwargs: Any) -> None:
         if not self.is_world_process_zero():
             return
         write_model_card(self, output_dir or self.args.output_dir, **kwargs)
+
+
+# What a push uploads from output_dir (see CooperativeTrainer.files_to_push), and the reports it adds when asked.
+# The training arguments go as JSON: no pickle (Trainer's training_args.bin, which its checkpoint pushes write into
+# output_dir) is uploaded, as no pickle is exported.
+EXPORT_FILE_PATTERNS = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                        "model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors",
+                        "README.md", "hfcoop_training_args.json")  # fmt: skip
+REPORT_FILES = ("completions", "quality.json", "training_curves.png", "runs")
+
+
+class _ExportOnlyApi:
+    """An ``HfApi`` whose upload of ``output_dir`` itself sends only ``files_to_push(output_dir)``."""
+
+    def __init__(self, api: Any, output_dir: str, files_to_push: Callable[[str], list[str]]) -> None:
+        self._api, self._output_dir, self._files_to_push = api, os.path.abspath(output_dir), files_to_push
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def upload_folder(self, *, folder_path: str, path_in_repo: str | None = None, **kwargs: Any) -> Any:
+        if not path_in_repo and os.path.abspath(folder_path) == self._output_dir:
+            kwargs["allow_patterns"] = [glob.escape(f) for f in self._files_to_push(folder_path)]
+        return self._api.upload_folder(folder_path=folder_path, path_in_repo=path_in_repo, **kwargs)
 
 
 def has_active_dropout(module: nn.Module) -> bool:
