@@ -197,7 +197,34 @@ def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]
     except yaml.YAMLError as err:
         raise SystemExit(f"hfcoop: the --config file is not valid YAML: {err}") from None
     except ValueError as err:
-        raise SystemExit(f"hfcoop: {err}") from None
+        raise SystemExit(f"hfcoop: {unknown_fields_message(str(err))}") from None
+
+
+# Fields of TRL's trainer configs that hfcoop has no field for, with what a TRL user does here instead.
+TRL_ONLY_FIELDS = {
+    "max_length": "TRL SFT's whole-sequence budget; hfcoop budgets max_prompt_length + max_completion_length",
+    "packing": "hfcoop does not pack sequences (each row is its own prompt + completion); drop it",
+    "padding_free": "hfcoop does not pack sequences; drop it",
+    "dataset_text_field": "hfcoop reads a `text` column (or prompt/completion, or messages): rename the column",
+    "completion_only_loss": "hfcoop's losses always concern the completion only; drop it",
+    "assistant_only_loss": "hfcoop trains on the last assistant turn of `messages` rows; drop it",
+    "eos_token": "hfcoop uses the tokenizer's EOS and generation_config's EOS ids; drop it",
+    "dataset_streaming": "hfcoop loads datasets in full (max_train_samples keeps the first N rows)",
+    "num_generations": "GRPO's group size; GCN's is num_candidates",
+}
+
+
+def unknown_fields_message(message: str) -> str:
+    """TrlParser's "unknown arguments" errors as one line naming the fields, with the hfcoop way for TRL's own."""
+    import re
+
+    if "Unknown arguments" not in message and "not used by the HfArgumentParser" not in message:
+        return message
+    names = list(dict.fromkeys(re.findall(r"'--([A-Za-z0-9_\-]+)", message)))
+    hints = [f"{n}: {TRL_ONLY_FIELDS[n]}" for n in names if TRL_ONLY_FIELDS.get(n)]
+    where = "the recipe has" if "config file" in message else "the command line has"
+    text = f"{where} fields hfcoop does not know: {', '.join(names)}"
+    return text + (f" ({'; '.join(hints)})" if hints else "") + ". `hfcoop train <algorithm> --help` lists the fields."
 
 
 def load_datasets(script: ScriptArguments) -> tuple[Any, Any]:
