@@ -411,6 +411,7 @@ def _field_lines(dataclass_type: type, names: set[str] | None = None) -> list[st
 def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
     """``hfcoop train <algorithm> --help``: hfcoop's own fields grouped, TrainingArguments' named, not described."""
     import dataclasses
+    import textwrap
 
     from transformers import TrainingArguments
 
@@ -423,7 +424,11 @@ def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
     parts = [
         f"usage: hfcoop train {name} --config recipe.yaml [--field value ...]   (YAML keys = flag names)",
         "",
-        "Models and data (hfcoop):",
+        "Model (TRL's ModelConfig: same flags and meanings as `trl sft`; dtype defaults to auto):",
+        *textwrap.wrap(", ".join(f"--{f.name}" for f in dataclasses.fields(model_arguments())), 110,
+                       initial_indent="  ", subsequent_indent="  "),
+        "",
+        "Companion and data (hfcoop):",
         *_field_lines(ScriptArguments),
         "",
         f"{trainer_cls.algorithm_title} ({config_cls.__name__}'s own fields):",
