@@ -1,6 +1,8 @@
 """The algorithm registry (hfcoop.algorithms) is the one table the CLI, the benchmarks and the docs read."""
 
 import os
+
+import pytest
 import sys
 
 from hfcoop.algorithms import ALGORITHMS, by_label
@@ -40,14 +42,12 @@ def test_readme_names_every_algorithm():
     assert f"hfcoop train <{'|'.join(ALGORITHMS)}>" in readme  # the usage line lists the registry, in its order
 
 
-def test_old_task_module_path_still_resolves():
-    """Recipes name `generators: hfcoop.genere_tasks:EQUATION_GENERATORS`; the task moved to hfcoop/tasks/."""
+def test_no_old_import_paths_are_kept():
+    """Nothing was released that needs the old paths (issue 19): one place for each thing."""
     import importlib
 
-    from hfcoop.tasks import text_to_equation
-
-    old = importlib.import_module("hfcoop.genere_tasks")
-    assert old is text_to_equation and old.EQUATION_GENERATORS is text_to_equation.EQUATION_GENERATORS
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("hfcoop.genere_tasks")
 
 
 def test_conditional_benchmark_scores_are_on_the_0_1_scale():
