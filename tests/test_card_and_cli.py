@@ -123,10 +123,11 @@ def test_train_help_groups_fields_and_points_to_help_all(capsys):
     main(["train", "gcn", "--help"])
     text = capsys.readouterr().out
     assert len(text.splitlines()) < 150
-    for heading in ("Models and data (hfcoop):", "Generative Cooperative Networks (GCN) (GCNConfig's own fields):",
+    for heading in ("Companion and data (hfcoop):", "Generative Cooperative Networks (GCN) (GCNConfig's own fields):",
                     "Shared by every hfcoop algorithm (CooperativeConfig):", "--help-all"):  # fmt: skip
         assert heading in text
     assert "--num_candidates" in text and "--log_completions_steps" in text and "--learning_rate" in text
+    assert "Model (TRL's ModelConfig" in text and "--load_in_4bit" in text and "--use_dora" in text
     assert "--adam_beta1" not in text
     with pytest.raises(SystemExit):
         main(["train", "gcn", "--help-all"])
