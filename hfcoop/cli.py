@@ -495,6 +495,8 @@ def score_predictions_file(a: Any) -> dict[str, float]:
         return compute_generation_metrics(predictions, references, task="conditional")
     require(bool(a.dataset_name), f"{a.predictions_file} has no `reference` column: give --dataset_name as the "
                                   "reference set of these unconditional samples.")  # fmt: skip
+    require(len(rows) >= 2, f"{a.predictions_file} has {len(rows)} unconditional sample: Self-BLEU compares samples "
+                            "with each other, so give at least 2 rows (or a `reference` in each row).")  # fmt: skip
     dataset = eval_dataset_from(a)
     require("text" in dataset.column_names, "unconditional samples are scored against a `text` dataset.")
     return compute_generation_metrics(predictions, [t.strip() for t in dataset["text"]], task="unconditional",

@@ -81,6 +81,8 @@ def generation_quality(
     require(len(dataset) > 0, "the evaluation dataset is empty: give it at least one row.")
     require(num_samples >= 1 and batch_size >= 1, f"num_samples ({num_samples}) and batch_size ({batch_size}) must "
                                                   "be at least 1.")  # fmt: skip
+    require(fmt != "text" or num_samples >= 2, f"num_samples ({num_samples}) must be at least 2 for unconditional "
+                                               "data: Self-BLEU compares the samples with each other.")  # fmt: skip
     # Before any sample: a budget beyond the model's positions fails deep in its forward ("index out of range").
     problem = length_budget_problem(max_positions(model), 1 if fmt == "text" else max_prompt_length, max_new_tokens,
                                     "max_prompt_length", "max_new_tokens")  # fmt: skip

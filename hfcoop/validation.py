@@ -83,7 +83,7 @@ def _fits(value: Any, annotation: Any) -> bool:
     if annotation is str:
         return isinstance(value, str)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return isinstance(value, annotation) or value in {m.value for m in annotation}
+        return isinstance(value, annotation) or any(value == m.value and type(value) is type(m.value) for m in annotation)
     return True  # a class hfcoop does not know how to check (e.g. ParallelismConfig): the dataclass decides
 
 
