@@ -219,3 +219,14 @@ def test_generators_from_an_explicit_file_or_an_installed_module(tmp_path, monke
         load_user_object("nope.py:GENS")
     with pytest.raises(ValueError, match="must be `package.module:ATTRIBUTE`"):
         load_user_object("hfcoop.tasks.text_to_equation")
+
+
+def test_generators_are_documented_as_running_code():
+    import dataclasses
+
+    from hfcoop.cli import ScriptArguments
+
+    help_text = next(f.metadata["help"] for f in dataclasses.fields(ScriptArguments) if f.name == "generators")
+    assert "Runs that code" in help_text and "never one in the current folder" in help_text
+    readme = open(os.path.join(ROOT, "recipes", "genere", "README.md")).read()
+    assert "**`generators:` runs code.**" in readme and "./my_generators.py:GENERATORS" in readme
