@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .algorithms import ALGORITHMS
-from .validation import InputError, check_config_file, check_ranges, check_output_path, length_budget_problem, require
+from .validation import (
+    InputError, check_config_file, check_output_path, check_ranges, exits_on_input_error, length_budget_problem, require,
+)
 
 
 @dataclass
@@ -457,6 +459,7 @@ class EvaluateArguments:
     output_file: str | None = field(default=None, metadata={"help": "Write the metrics here as JSON."})
 
 
+@exits_on_input_error
 def evaluate_cli(argv: list[str]) -> dict[str, float]:
     (a,) = parse((EvaluateArguments,), argv)
     check_ranges(a)
@@ -561,6 +564,7 @@ class SweepArguments(EvaluateArguments):
     output_dir: str = field(default="sweep", metadata={"help": "Where sweep.csv and sweep.png go."})
 
 
+@exits_on_input_error
 def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
     import csv
 
@@ -676,6 +680,7 @@ def generation_requests(a: Any, tokenizer: Any = None, eos_ids: list[int] | None
     return [{"prompt": ""}] * n
 
 
+@exits_on_input_error
 def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 

@@ -187,6 +187,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tiny_model_vocab_size": _at_least(1),
     "tiny_model_positions": _at_least(2),
     "quality_samples": _at_least(0),
+    # a value below 1 is a fraction of the run's steps, rounded up: 0 or less made "integer modulo by zero"
+    "logging_steps": _POSITIVE,
+    "save_steps": _POSITIVE,
+    "eval_steps": _POSITIVE,
     # generate / evaluate / sweep
     "num_samples": _at_least(1),
     "batch_size": _at_least(1),
@@ -214,6 +218,21 @@ def check_ranges(*parsed: Any) -> None:
                     raise InputError(f"`{field.name}` must be {words or 'a finite number'}, got {number!r}.")
             if field.name == "temperatures" and isinstance(value, list) and not value:
                 raise InputError("`temperatures` needs at least one temperature.")
+
+
+def exits_on_input_error(verb: Callable[..., Any]) -> Callable[..., Any]:
+    """A CLI verb whose :class:`InputError` ends the command with its one ``hfcoop:`` line (exit 1), also when the
+    verb is called directly rather than through ``hfcoop.cli.main``."""
+    import functools
+
+    @functools.wraps(verb)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return verb(*args, **kwargs)
+        except InputError as err:
+            raise SystemExit("hfcoop: " + " ".join(str(err).split())) from None
+
+    return wrapped
 
 
 def require(ok: bool, message: str) -> None:

@@ -168,6 +168,8 @@ def test_negative_learning_rate_and_seed_name_their_field(tmp_path):
     base = ["train", "mle", "--tiny_model", "true", "--dataset_name", COCO_TEST, "--output_dir", str(tmp_path / "o")]
     assert "`learning_rate` must be at least 0, got -1.0" in refused(base + ["--learning_rate", "-1"])
     assert "`seed` must be between 0 and 2**32 - 1, got -1" in refused(base + ["--seed", "-1"])
+    # found by tests/test_fuzz_cli.py: a logging fraction that rounds to 0 steps ("integer modulo by zero")
+    assert "`logging_steps` must be greater than 0, got -0.5" in refused(base + ["--logging_steps", "-0.5"])
 
 
 def test_completion_budget_beyond_the_model_says_what_to_set(tiny_lm, tmp_path):
