@@ -34,9 +34,9 @@ setup(
         # nltk: reference BLEU in tests; deepspeed: the ZeRO-2/3 tests (tests/test_sharded.py, CPU, needs g++);
         # bitsandbytes: the QLoRA tests run its 4-bit CPU kernels for real
         "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk", "deepspeed>=0.16",
-                "bitsandbytes>=0.50"],
+                "bitsandbytes>=0.50", "hypothesis>=6"],
         "deepspeed": ["deepspeed>=0.16"],
-        "quantization": ["bitsandbytes>=0.50"],  # QLoRA: model_init_kwargs.quantization_config (4/8-bit)
+        "quantization": ["bitsandbytes>=0.50", "hypothesis>=6"],  # QLoRA: model_init_kwargs.quantization_config (4/8-bit)
     },
     entry_points={"console_scripts": ["hfcoop=hfcoop.cli:main"]},
 )

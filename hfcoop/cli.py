@@ -15,7 +15,6 @@ also runs under ``accelerate launch -m hfcoop.cli ...``. ``hfcoop <verb> --help`
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -23,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .algorithms import ALGORITHMS
+from .validation import (
+    InputError, check_config_file, check_output_path, check_ranges, exits_on_input_error, length_budget_problem, require,
+)
 
 
 @dataclass
@@ -65,7 +67,9 @@ class ScriptArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
     generators: str | None = field(
-        default=None, metadata={"help": "GENERE only: `module:attribute` naming a list of black-box data generators."}
+        default=None,
+        metadata={"help": "GENERE only: `package.module:ATTRIBUTE` (an installed module, never one in the current "
+                  "folder) or `path/to/file.py:ATTRIBUTE` naming a list of black-box data generators. Runs that code."},
     )
     quality_samples: int = field(
         default=200, metadata={"help": "Samples generated for the before/after quality report (0: skip it)."}
@@ -191,6 +195,7 @@ def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]
     from trl import TrlParser
 
     argv = resolve_config_argument(argv)
+    check_config_file(dataclass_types, config_path(argv))  # YAML values reach the dataclasses untyped: checked first
     parser = TrlParser(dataclass_types, allow_abbrev=False)
     try:
         return parser.parse_args_and_config(argv)
@@ -372,8 +377,9 @@ def companion_from(name: str, script: ScriptArguments) -> Any:
         return script.companion_name_or_path
     if not script.generators:
         raise SystemExit("hfcoop: GENERE needs `generators: module:attribute` naming a list of data generators.")
-    module_name, _, attribute = script.generators.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    from .tasks import load_user_object
+
+    return load_user_object(script.generators, "generators")  # runs the user's code: see its docstring
 
 
 # TrainingArguments fields a recipe usually sets; the grouped help lists them by name (``--help-all``: all of them).
@@ -544,6 +550,7 @@ def train(argv: list[str]) -> dict[str, Any]:
     if launch:
         return launch_training(name, argv, launch) or {}
     script, args, model_args = parse((ScriptArguments, config_cls, model_cls), argv)
+    check_ranges(script, args, model_args)
     resolve_recipe_paths(script, argv)
     from .guards import check_output_dir, redact_command, resolve_resume
 
@@ -656,16 +663,19 @@ class EvaluateArguments:
     output_file: str | None = field(default=None, metadata={"help": "Write the metrics here as JSON."})
 
 
+@exits_on_input_error
 def evaluate_cli(argv: list[str]) -> dict[str, float]:
     (a,) = parse((EvaluateArguments,), argv)
+    check_ranges(a)
+    check_output_path(a.output_file, "--output_file")  # before any sample is drawn
     if a.predictions_file:
         metrics = score_predictions_file(a)
     else:
         from .evaluation import generation_quality
         from .modeling import load_causal_lm, load_tokenizer
 
-        if not a.model_name_or_path or not a.dataset_name:
-            raise SystemExit("hfcoop: evaluate needs --model_name_or_path and --dataset_name (or --predictions_file).")
+        require(bool(a.model_name_or_path and a.dataset_name),
+                "evaluate needs --model_name_or_path and --dataset_name (or --predictions_file).")
         dataset = eval_dataset_from(a)
         model = load_causal_lm(a.model_name_or_path)
         tokenizer = load_tokenizer(None, a.model_name_or_path)
@@ -685,31 +695,60 @@ def score_predictions_file(a: Any) -> dict[str, float]:
     of ``dataset_name`` (unconditional samples: BLEU against the set, Self-BLEU)."""
     from .metrics import compute_generation_metrics
 
-    with open(a.predictions_file) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    if not rows or any("completion" not in r for r in rows):
-        raise SystemExit(f"hfcoop: {a.predictions_file} needs one JSON object with a `completion` per line.")
-    predictions = [r["completion"].strip() for r in rows]
-    if all("reference" in r for r in rows):
-        references = [r["reference"].strip() for r in rows]
+    rows = read_predictions(a.predictions_file)
+    predictions = [r["completion"].strip() for _, r in rows]
+    if "reference" in rows[0][1]:
+        references = [r["reference"].strip() for _, r in rows]
         return compute_generation_metrics(predictions, references, task="conditional")
-    if not a.dataset_name:
-        raise SystemExit(f"hfcoop: {a.predictions_file} has no `reference` column: give --dataset_name as the "
-                         "reference set of these unconditional samples.")  # fmt: skip
+    require(bool(a.dataset_name), f"{a.predictions_file} has no `reference` column: give --dataset_name as the "
+                                  "reference set of these unconditional samples.")  # fmt: skip
+    require(len(rows) >= 2, f"{a.predictions_file} has {len(rows)} unconditional sample: Self-BLEU compares samples "
+                            "with each other, so give at least 2 rows (or a `reference` in each row).")  # fmt: skip
     dataset = eval_dataset_from(a)
-    if "text" not in dataset.column_names:
-        raise SystemExit("hfcoop: unconditional samples are scored against a `text` dataset.")
+    require("text" in dataset.column_names, "unconditional samples are scored against a `text` dataset.")
     return compute_generation_metrics(predictions, [t.strip() for t in dataset["text"]], task="unconditional",
                                       seed=a.seed)  # fmt: skip
 
 
+def read_predictions(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a predictions jsonl, checked: one JSON object per line with a string ``completion``,
+    and a string ``reference`` in every row or in none (a file with only some would be scored as the wrong task)."""
+    require(os.path.isfile(path), f"the predictions file '{path}' does not exist.")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}, line {number}: not valid JSON ({err.msg}).") from None
+            require(isinstance(row, dict), f"{path}, line {number}: not a JSON object with a `completion`.")
+            for key in ("completion", "reference"):
+                if key in row or key == "completion":
+                    require(isinstance(row.get(key), str), f"{path}, line {number}: `{key}` must be a string, got "
+                                                           f"{json.dumps(row.get(key))[:60]}.")  # fmt: skip
+            rows.append((number, row))
+    require(bool(rows), f"{path} has no rows: it needs one JSON object with a `completion` per line.")
+    with_reference = [n for n, r in rows if "reference" in r]
+    if with_reference and len(with_reference) < len(rows):
+        missing = next(n for n, r in rows if "reference" not in r)
+        raise InputError(f"{path}, line {missing}: no `reference`, but line {with_reference[0]} has one. Give every "
+                         "row its reference (conditional samples) or none (unconditional samples).")  # fmt: skip
+    return rows
+
+
 def eval_dataset_from(a: Any) -> Any:
-    from .data import apply_task, load_any_dataset
+    """The evaluation rows of ``dataset_name`` (its first ``max_eval_samples``), mapped by the task preset and
+    checked as training checks its data (every row's columns, the first bad row named)."""
+    from .data import apply_task, load_any_dataset, validate_dataset
 
     dataset = load_any_dataset(a.dataset_name, a.dataset_config, a.split)
     if a.max_eval_samples is not None:
         dataset = dataset.select(range(min(a.max_eval_samples, len(dataset))))
-    return apply_task(dataset, a.task)
+    dataset = apply_task(dataset, a.task)
+    validate_dataset(dataset, a.dataset_name)
+    return dataset
 
 
 @dataclass
@@ -729,6 +768,7 @@ class SweepArguments(EvaluateArguments):
     output_dir: str = field(default="sweep", metadata={"help": "Where sweep.csv and sweep.png go."})
 
 
+@exits_on_input_error
 def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
     import csv
 
@@ -736,11 +776,24 @@ def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
     from .modeling import load_causal_lm, load_tokenizer
     from .plotting import plot_sweep
 
+    from .guards import check_writable
+    from .metrics import compute_generation_metrics
+
     (a,) = parse((SweepArguments,), argv)
+    check_ranges(a)
+    require(bool(a.dataset_name), "sweep needs --dataset_name: the evaluation data (Hub id, folder or file) whose "
+                                  "quality-diversity curve it draws.")  # fmt: skip
+    require(not os.path.isfile(a.output_dir), f"--output_dir '{a.output_dir}' is a file: give a folder.")
+    check_writable(a.output_dir)  # before any sample is drawn
     dataset = eval_dataset_from(a)
     conditional = "text" not in dataset.column_names  # prompt/completion or conversational rows
     x = a.quality_metric or ("rougeL" if conditional else "bleu-4")
     y = a.diversity_metric or ("distinct-2" if conditional else "self-bleu-4")
+    toy = ["a b c", "a b d"]  # the metric names this task reports, from a two-row toy
+    names = [*compute_generation_metrics(toy, toy, task="conditional" if conditional else "unconditional"),
+             "nll_per_token"]  # fmt: skip
+    for flag, metric in (("--quality_metric", x), ("--diversity_metric", y)):
+        require(metric in names, f"{flag} {metric!r} is not a metric of this data; choose one of {', '.join(names)}.")
     rows: list[dict[str, Any]] = []
     for path in a.model_name_or_path:
         model, tokenizer = load_causal_lm(path), load_tokenizer(None, path)
@@ -751,7 +804,6 @@ def sweep_cli(argv: list[str]) -> list[dict[str, Any]]:
             )  # fmt: skip
             rows.append({"model": path, "temperature": temperature, **metrics})
             print(f"{path} T={temperature}: {x}={metrics[x]:.4f} {y}={metrics[y]:.4f}")
-    os.makedirs(a.output_dir, exist_ok=True)
     with open(os.path.join(a.output_dir, "sweep.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -809,8 +861,7 @@ def generation_requests(a: Any, tokenizer: Any = None, eos_ids: list[int] | None
 
     Conversational rows (``messages``, or message-list prompt/completion) are rendered by the tokenizer's chat
     template exactly as training renders them; their prompts carry the template's special tokens verbatim."""
-    if a.dataset_name and a.prompts_file:
-        raise SystemExit("hfcoop: give either --dataset_name or --prompts_file, not both.")
+    require(not (a.dataset_name and a.prompts_file), "give either --dataset_name or --prompts_file, not both.")
     if a.dataset_name:
         from .data import is_conversational, render_conversational_dataset
 
@@ -833,6 +884,7 @@ def generation_requests(a: Any, tokenizer: Any = None, eos_ids: list[int] | None
     return [{"prompt": ""}] * n
 
 
+@exits_on_input_error
 def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     import torch
 
@@ -842,12 +894,19 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
     from .sampling import build_generation_config, generation_mode, sample_completions
 
     (a,) = parse((GenerateArguments,), argv)
+    check_ranges(a)
     if a.decoding not in ("sample", "resample", "mcts"):
         raise SystemExit(f"hfcoop: unknown decoding '{a.decoding}'. Choose sample, resample or mcts.")
     if a.decoding != "sample" and not a.discriminator_name_or_path:
         raise SystemExit(f"hfcoop: --decoding {a.decoding} needs --discriminator_name_or_path.")
+    require(not (a.dataset_name and a.prompts_file), "give either --dataset_name or --prompts_file, not both.")
+    require(not a.prompts_file or os.path.isfile(a.prompts_file), f"the --prompts_file '{a.prompts_file}' does not exist.")
+    check_output_path(a.output_file, "--output_file")  # before any sample is drawn
     torch.manual_seed(a.seed)
     model = load_causal_lm(a.model_name_or_path)
+    problem = length_budget_problem(max_positions(model), a.max_prompt_length, a.max_new_tokens,
+                                    "--max_prompt_length", "--max_new_tokens")  # fmt: skip
+    require(problem is None, str(problem))
     tokenizer = load_tokenizer(None, a.model_name_or_path)
     eos_ids = eos_token_ids(tokenizer, model)
     requests = generation_requests(a, tokenizer, eos_ids)
@@ -871,10 +930,7 @@ def generate_cli(argv: list[str]) -> list[dict[str, str]]:
             start = end
     else:
         # As in training, prompts keep their last tokens: what fits the model's positions beside the new tokens.
-        limit = a.max_prompt_length or (max_positions(model) or 10**9) - a.max_new_tokens
-        if limit < 1:
-            raise SystemExit(f"hfcoop: --max_new_tokens {a.max_new_tokens} leaves no room for a prompt in the model's "
-                             "positions: lower it.")  # fmt: skip
+        limit = a.max_prompt_length or (max_positions(model) or 10**9) - a.max_new_tokens  # >= 1: checked above
         with generation_mode(model) as g:
             for start in range(0, len(requests), a.batch_size):
                 batch = requests[start : start + a.batch_size]
@@ -961,7 +1017,10 @@ def run(argv: list[str]) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if verb != "train" and int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, inference verbs run once (they use no collective ops)
-    VERBS[verb](argv[1:])
+    try:
+        VERBS[verb](argv[1:])
+    except InputError as err:  # bad input: its one line says what to fix, no traceback hint
+        raise SystemExit(f"hfcoop: {one_line(err)}") from None
 
 
 if __name__ == "__main__":

@@ -102,10 +102,25 @@ def validate_dataset(dataset: Dataset | IterableDataset | None, dataset_name: st
     fmt = detect_format(dataset.column_names, dataset_name, first)
     if first is None:
         raise ValueError(f"{dataset_name} is empty: give it at least one row.")
-    check_row(first, fmt, dataset_name)
+    check_row(first, fmt, f"{dataset_name} row 0")
     if isinstance(dataset, Dataset) and fmt != "conversational":
         check_text_columns(dataset, ("text",) if fmt == "text" else ("prompt", "completion"), dataset_name)
+    elif isinstance(dataset, Dataset):
+        check_message_columns(dataset, dataset_name)
     return fmt
+
+
+def check_message_columns(dataset: Dataset, dataset_name: str) -> None:
+    """Conversational columns are lists of message structs in every row (Arrow's type says so at no cost);
+    otherwise (mixed JSON values) the rows are checked one by one and the first bad one is named."""
+    import pyarrow as pa
+
+    columns = ("messages",) if "messages" in dataset.column_names else ("prompt", "completion")
+    types = [dataset.data.schema.field(c).type for c in columns]
+    if all(pa.types.is_list(t) and pa.types.is_struct(t.value_type) for t in types):
+        return
+    for index, row in enumerate(dataset):
+        check_row(row, "conversational", f"{dataset_name} row {index}")
 
 
 def row_tools(row: dict[str, Any]) -> list[Any] | None:
@@ -221,11 +236,22 @@ def render_conversational_dataset(dataset: Dataset, tokenizer: Any, eos_token_id
 def check_text_columns(dataset: Dataset, columns: tuple[str, ...], dataset_name: str) -> None:
     """Missing cells (empty CSV cells, JSON nulls) and a target column that is empty in every row are refused,
     with the row named. Arrow's null counts and string kernels keep this cheap on large datasets."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     table = dataset.with_format("arrow")
     for column in columns:
         values = table[column]
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_null(values.type)):
+            # Mixed JSON values (datasets' Json type) or numbers: the first row that is not a string is named.
+            bad = next(((i, v) for i, v in enumerate(dataset[column]) if not isinstance(v, str) and v is not None), None)
+            if bad is None:
+                continue
+            row, value = bad
+            raise ValueError(
+                f"{dataset_name} row {row} has a non-string '{column}' ({type(value).__name__}: {value!r:.60}): every "
+                f"'{column}' must be a string. Fix that row (e.g. quote the number) or drop it."
+            )
         if values.null_count:
             row = pc.index(pc.is_null(values), True).as_py()
             raise ValueError(
@@ -354,7 +380,19 @@ def load_any_dataset(name_or_path: str, config_name: str | None = None, split: s
         return load_from_disk(name_or_path)
     if os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, "dataset_dict.json")):
         return load_from_disk(name_or_path)[split]
+    if looks_like_local_path(name_or_path):  # not a Hub id: say the file is missing, not "Couldn't reach the Hub"
+        raise ValueError(f"the data file or folder '{name_or_path}' does not exist (relative paths start from "
+                         f"{os.getcwd()}). Check the path, or give a Hub dataset id such as stanfordnlp/imdb.")  # fmt: skip
     return load_dataset(name_or_path, config_name, split=split)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A name no Hub dataset id can be (ids are ``name`` or ``owner/name``): a data file's extension, a leading
+    ``.``, ``/`` or ``~``, a trailing ``/``, or more than one ``/``."""
+    import os
+
+    ext = os.path.splitext(name)[1].lower()
+    return ext in _LOCAL_BUILDERS or name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
 
 
 def check_data_file(path: str, ext: str) -> None:

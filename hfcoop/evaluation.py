@@ -22,6 +22,7 @@ from .data import detect_format, render_conversational_dataset, start_token_id
 from .modeling import eos_token_ids, max_positions
 from .metrics import compute_generation_metrics, reference_nll
 from .sampling import build_generation_config, generation_mode, sample_completions
+from .validation import length_budget_problem, require
 
 
 def _normalise(tokenizer: Any, texts: list[str]) -> list[str]:
@@ -83,6 +84,15 @@ def generation_quality(
     """Sample-based metrics plus reference NLL (``with_nll``), as in the module docstring (seeded, restores RNG).
     Samples are drawn with ``temperature`` / ``top_k`` / ``top_p`` (a trained run's: what its export samples with)."""
     fmt = detect_format(dataset.column_names, "evaluation dataset", dataset[0] if len(dataset) else None)
+    require(len(dataset) > 0, "the evaluation dataset is empty: give it at least one row.")
+    require(num_samples >= 1 and batch_size >= 1, f"num_samples ({num_samples}) and batch_size ({batch_size}) must "
+                                                  "be at least 1.")  # fmt: skip
+    require(fmt != "text" or num_samples >= 2, f"num_samples ({num_samples}) must be at least 2 for unconditional "
+                                               "data: Self-BLEU compares the samples with each other.")  # fmt: skip
+    # Before any sample: a budget beyond the model's positions fails deep in its forward ("index out of range").
+    problem = length_budget_problem(max_positions(model), 1 if fmt == "text" else max_prompt_length, max_new_tokens,
+                                    "max_prompt_length", "max_new_tokens")  # fmt: skip
+    require(problem is None, str(problem))
     chat = fmt == "conversational"
     if chat:
         dataset = render_conversational_dataset(dataset, tokenizer, eos_token_ids(tokenizer, model))

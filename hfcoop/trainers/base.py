@@ -66,6 +66,7 @@ from ..modeling import (
 from ..shared_base import GENERATOR_ADAPTER, check_shared_base_peft_config
 from ..sampling import build_generation_config, export_generation_config, generation_mode, sample_completions
 from ..watching import CompletionsLogger, write_completions
+from ..validation import InputError, length_budget_problem
 
 
 @dataclass
@@ -943,16 +944,14 @@ def check_hub_token(token: str | None) -> None:
 
 
 def check_lengths(generator: PreTrainedModel, args: CooperativeConfig, data_format: str | None) -> None:
-    """Prompt + completion budgets must fit the model's positions (else an index error deep in the forward)."""
+    """Prompt + completion budgets must fit the model's positions (else an index error deep in the forward); an
+    unset prompt budget becomes what is left beside the completion."""
     limit = max_positions(generator)
     if not limit:
         return
+    prompt = 1 if data_format == "text" else args.max_prompt_length  # unconditional rows: BOS alone
+    problem = length_budget_problem(limit, prompt, args.max_completion_length)
+    if problem:
+        raise InputError(problem)
     if args.max_prompt_length is None:
         args.max_prompt_length = limit - args.max_completion_length
-    prompt = 1 if data_format == "text" else args.max_prompt_length
-    if prompt + args.max_completion_length > limit or args.max_prompt_length < 1:
-        raise ValueError(
-            f"max_prompt_length ({args.max_prompt_length}) + max_completion_length ({args.max_completion_length}) "
-            f"must fit the model's {limit} positions: set max_prompt_length to at most "
-            f"{limit - args.max_completion_length}."
-        )
