@@ -36,7 +36,7 @@ setup(
         "dev": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "tensorboard", "nltk", "deepspeed>=0.16",
                 "bitsandbytes>=0.50", "hypothesis>=6"],
         "deepspeed": ["deepspeed>=0.16"],
-        "quantization": ["bitsandbytes>=0.50", "hypothesis>=6"],  # QLoRA: model_init_kwargs.quantization_config (4/8-bit)
+        "quantization": ["bitsandbytes>=0.50"],  # QLoRA: model_init_kwargs.quantization_config (4/8-bit)
     },
     entry_points={"console_scripts": ["hfcoop=hfcoop.cli:main"]},
 )

@@ -58,6 +58,8 @@ def _fits(value: Any, annotation: Any) -> bool:
         return value in typing.get_args(annotation)
     if origin in (list, tuple, set):
         (item,) = typing.get_args(annotation)[:1] or (Any,)
+        if item is str and isinstance(value, str):  # one name, as TRL's recipes write `lora_target_modules: all-linear`
+            return True
         return isinstance(value, list) and all(_fits(v, item) for v in value)
     if origin is dict or annotation is dict:
         return isinstance(value, dict)
