@@ -165,7 +165,7 @@ def test_baseline_keeps_the_expected_update_and_removes_the_noise():
     "sampler, data, extra",
     [("model", "text", {"mle_weight": 0.3, "save_companion": True, "weight_baseline": True}),
      ("resample", "prompt_completion", {"weighting": "ratio"}),
-     ("mcts", "prompt_completion", {"num_simulations": 2, "mcts_top_k": 4, "max_completion_length": 4})],
+     ("mcts", "prompt_completion", {"num_simulations": 5, "mcts_top_k": 4, "max_completion_length": 4})],
 )  # fmt: skip
 def test_trainer_end_to_end(sampler, data, extra, tiny_lm, coco_text, coco_prompt_completion, tmp_path):
     dataset = coco_text if data == "text" else coco_prompt_completion
@@ -288,3 +288,18 @@ def test_two_process_ddp_matches_one_process(tiny_lm, tmp_path):
         assert diff < 2e-5, (algorithm, diff)
         moved = max(float((rank0["generator." + k] - init[k]).abs().max()) for k in init)
         assert moved > 1e-3, algorithm  # and training really moved the generator
+
+
+@pytest.mark.parametrize("setting", [{"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.9}])
+def test_gcn_warns_about_distorted_sampling(setting, tiny_lm, coco_text, tmp_path):
+    """The weights w = q/q̂ and D's negatives assume samples of p_theta itself, as CoT's objectives do."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="GCN with .*biases the generator's update"):
+        GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path, **setting))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # plain sampling: no such warning
+        try:
+            GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path))
+        except UserWarning as w:
+            assert "biases" not in str(w)

@@ -76,7 +76,7 @@ def launched(tiny_lm, tmp_path_factory):
 
 def job_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    return {**env, "PYTHONPATH": os.path.dirname(SCRIPT), **extra}
+    return {**env, "PYTHONPATH": os.pathsep.join([os.path.dirname(SCRIPT), ROOT]), **extra}  # this checkout's hfcoop
 
 
 def step_losses(run_dir: str) -> dict[int, float]:

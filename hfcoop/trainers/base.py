@@ -417,7 +417,8 @@ class CooperativeTrainer(Trainer):
         """Compatibility checks between generator and companion, raised at construction."""
 
     def check_sampling_settings(self, args: CooperativeConfig) -> None:
-        """Algorithms whose objective assumes samples of G itself warn about distorted sampling settings."""
+        """Algorithms whose objective assumes samples of G itself warn about distorted sampling settings
+        (:func:`warn_distorted_sampling`)."""
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """One training step's loss; record statistics with :meth:`log_metric`."""
@@ -829,6 +830,17 @@ def has_active_dropout(module: nn.Module) -> bool:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     rates = [getattr(text, k, 0) for k in ("attention_dropout", "attn_dropout", "dropout")]
     return any(isinstance(r, (int, float)) and r > 0 for r in rates)
+
+
+def warn_distorted_sampling(args: CooperativeConfig, algorithm: str, consequence: str) -> None:
+    """Warns when the training samples come from a distorted G' (temperature != 1, top-k, top-p) although the
+    algorithm's estimators assume samples of G itself; ``consequence`` says what that biases."""
+    if args.temperature != 1.0 or args.top_k or args.top_p < 1.0:
+        warnings.warn(
+            f"{algorithm} with temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}: {consequence} "
+            "Use plain sampling (1.0, 0, 1.0) unless you mean it.",
+            stacklevel=5,
+        )
 
 
 def check_hub_token(token: str | None) -> None:

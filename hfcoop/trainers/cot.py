@@ -11,7 +11,6 @@ every ``mediator_steps``-th step also updates the generator on those same sample
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,7 @@ from ..losses import (
 )
 from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs
 from ..shared_base import add_companion_adapter
-from .base import CooperativeConfig, CooperativeTrainer
+from .base import CooperativeConfig, CooperativeTrainer, warn_distorted_sampling
 
 COT_CITATION = """@inproceedings{lu2019cot,
   title     = {{CoT}: Cooperative Training for Generative Modeling of Discrete Data},
@@ -104,13 +103,8 @@ class CoTTrainer(CooperativeTrainer):
     def check_sampling_settings(self, args: CoTConfig) -> None:
         # Both objectives are expectations under G itself: the mediator must fit (p_data + G)/2 and the generator's
         # KL(G||M) is taken on G's samples. Distorted samples bias both.
-        if args.temperature != 1.0 or args.top_k or args.top_p < 1.0:
-            warnings.warn(
-                f"CoT with temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}: the mediator then "
-                "learns (p_data + G')/2 for the distorted sampler G' and the generator's KL(G||M) is estimated on G' "
-                "samples, which biases both objectives. Use plain sampling (1.0, 0, 1.0) unless you mean it.",
-                stacklevel=3,
-            )
+        warn_distorted_sampling(args, "CoT", "the mediator then learns (p_data + G')/2 for the distorted sampler G' "
+                                "and the generator's KL(G||M) is estimated on G' samples, which biases both objectives.")
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
         companion = self.companion_checkpoint(companion, generator, args)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..batching import pad_to_common_width
-from ..cooperative_decoding import mcts_decode, resample_indices, resample_log_weights
+from ..cooperative_decoding import check_mcts_simulations, mcts_decode, resample_indices, resample_log_weights
 from ..losses import (
     GCN_SAMPLERS,
     GCN_WEIGHTINGS,
@@ -49,7 +49,7 @@ from ..losses import (
 )
 from ..sampling import generation_mode
 from ..scorers import ScorerCompanionMixin, SequenceScorer, scorer_logits
-from .base import CooperativeConfig, CooperativeTrainer
+from .base import CooperativeConfig, CooperativeTrainer, warn_distorted_sampling
 
 GCN_CITATION = """@inproceedings{lamprier2022gcn,
   title     = {Generative Cooperative Networks for Natural Language Generation},
@@ -96,9 +96,13 @@ class GCNConfig(CooperativeConfig):
             "update on exact p_theta samples, without the zero-mean noise an uninformative D leaves."
         },
     )
-    num_simulations: int = field(default=8, metadata={"help": "MCTS simulations per generated token ('mcts')."})
+    num_simulations: int = field(
+        default=8,
+        metadata={"help": "MCTS simulations per generated token ('mcts'); more than mcts_top_k, else D never guides "
+                  "the pick (check_mcts_simulations)."},
+    )
     mcts_top_k: int = field(
-        default=10, metadata={"help": "Children per MCTS node: the generator's top-k tokens, as PUCT priors."}
+        default=4, metadata={"help": "Children per MCTS node: the generator's top-k tokens, as PUCT priors."}
     )
     c_puct: float = field(default=1.0, metadata={"help": "Exploration constant of PUCT ('mcts')."})
     mcts_visit_temperature: float = field(
@@ -128,6 +132,8 @@ class GCNConfig(CooperativeConfig):
             raise ValueError(f"mle_weight must be in [0, 1], got {self.mle_weight}.")
         if self.num_candidates < 1 or self.num_simulations < 1 or self.mcts_top_k < 1:
             raise ValueError("num_candidates, num_simulations and mcts_top_k must be >= 1.")
+        if self.sampler == "mcts":
+            check_mcts_simulations(self.num_simulations, self.mcts_top_k, ("num_simulations", "mcts_top_k"))
         if self.weight_baseline and self.sampler != "model":
             raise ValueError(f"weight_baseline needs sampler='model' (the {self.sampler!r} samples all weigh 1, so a "
                              "baseline would cancel the whole update).")  # fmt: skip
@@ -168,6 +174,11 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 "GCN with sampler='model' on prompt/completion data self-normalises the weights per prompt, so "
                 "num_candidates=1 would give every sample weight 1 (no discriminator signal): use num_candidates >= 2."
             )
+
+    def check_sampling_settings(self, args: GCNConfig) -> None:
+        # D learns real vs samples of p_theta and the weights w = q/q̂ assume q̂ = p_theta (or candidates from it).
+        warn_distorted_sampling(args, "GCN", "D then learns real vs samples of the distorted sampler p' and the "
+                                "weights w = q/q̂ assume samples of p_theta itself, which biases the generator's update.")
 
     # ----------------------------------------------------------------- q̂ samplers (no grad)
     def _discriminator_scores(self) -> SequenceScorer:
