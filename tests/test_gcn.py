@@ -173,12 +173,15 @@ def test_trainer_end_to_end(sampler, data, extra, tiny_lm, coco_text, coco_promp
     trainer = GCNTrainer(tiny_lm, train_dataset=dataset, args=args)
     before = {k: v.clone() for k, v in trainer.pair.companion.state_dict().items()}
     trainer.train()
-    logs = [e for e in trainer.state.log_history if "companion/accuracy" in e]
-    assert len(logs) == 2
-    for key in ("companion/accuracy", "companion/d_real", "companion/d_generated", "companion/loss",
-                "generator/weight_mean", "generator/weight_max", "generator/ess", "generator/loss"):  # fmt: skip
-        assert all(math.isfinite(e[key]) for e in logs), key
-    assert abs(logs[0]["companion/loss"] - math.log(2)) < 1e-4  # zero head: D ≡ 1/2 at the start
+    # The papers' order: step 1 trains D alone, step 2 the generator alone (against the updated D).
+    d_logs = [e for e in trainer.state.log_history if "companion/accuracy" in e]
+    logs = [e for e in trainer.state.log_history if "generator/loss" in e]
+    assert [e["step"] for e in d_logs] == [1] and [e["step"] for e in logs] == [2]
+    for key in ("companion/accuracy", "companion/d_real", "companion/d_generated", "companion/loss"):
+        assert math.isfinite(d_logs[0][key]) and key not in logs[0], key
+    for key in ("generator/weight_mean", "generator/weight_max", "generator/ess", "generator/loss"):
+        assert math.isfinite(logs[0][key]) and key not in d_logs[0], key
+    assert abs(d_logs[0]["companion/loss"] - math.log(2)) < 1e-4  # zero head: D ≡ 1/2 at the start
     after = trainer.pair.companion.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     if sampler == "model":
