@@ -203,3 +203,12 @@ def test_an_optimizer_step_leaves_the_other_model_alone(tiny_lm, coco_text, tmp_
     assert all(torch.equal(a, p) for a, p in zip(gen_before, roles["generator"]))
     assert all(torch.equal(a, p) for a, p in zip(comp_before, roles["companion"]))  # zero grad, no momentum yet
     assert all(p.grad is None for p in roles["generator"])
+
+
+def test_ddp_without_unused_parameters_is_refused(tmp_path):
+    """Each step leaves one model's parameters unused: DDP must search for them, so turning that off is an early
+    error naming the fix (it used to fail inside DDP's reducer on the first step)."""
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters=False cannot train PsiMLE: each step trains one"):
+        PsiMLEConfig(output_dir=str(tmp_path), ddp_find_unused_parameters=False)
+    assert PsiMLEConfig(output_dir=str(tmp_path)).ddp_find_unused_parameters is True
+

@@ -238,6 +238,12 @@ class CooperativeConfig(TrainingArguments):
             raise ValueError(f"shared_base puts a companion model on the generator's base; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
+        elif not self.ddp_find_unused_parameters and self.needs_unused_parameters():
+            raise ValueError(
+                f"ddp_find_unused_parameters=False cannot train {type(self).__name__.removesuffix('Config')}: each step "
+                "trains one model (the companion, then the generator, as in the papers), so DDP sees the other "
+                "model's parameters unused. Leave ddp_find_unused_parameters unset (hfcoop turns it on)."
+            )
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
             # Nothing to pin for, and torch warns on every dataloader; TrainingArguments turns it off for use_cpu only.
             self.dataloader_pin_memory = False

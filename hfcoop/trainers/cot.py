@@ -140,8 +140,19 @@ class CoTTrainer(CooperativeTrainer):
         self.log_metric("companion/loss", loss_m)  # Sec. 4.1.2: the live progress indicator
         self.log_metric("companion/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
         self.log_metric("companion/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
-        self.record_completions(prompt_ids, gen_ids, gen_mask)  # a mediator step: the samples without their KL
+        if self.completions_step():  # the table's KL(G||M) of each sample, before this step's update
+            self.record_completions(prompt_ids, gen_ids, gen_mask,
+                                    kl_per_token=self._sample_kl(model, prompt_ids, prompt_mask, gen_ids, gen_mask))
         return scale_to_token_budget(loss_m, self.args.max_completion_length)
+
+    def _sample_kl(self, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_ids: torch.Tensor,
+                   gen_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """KL(G||M) per token of each sample (no grad): the completions table's score on a mediator step."""
+        part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask, packed=True)
+        with torch.no_grad():
+            gen_logits, med_logits = model(generator=part, companion=part)
+        kl = unpack_tokens(per_token_kl(gen_logits[None], med_logits[None], self.args.kl_chunk_size)[0], gen_mask)
+        return (kl * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
 
     def generator_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Alg. 1, lines 7-9: fresh samples {s} ~ G, Eq. (14) against the updated mediator's distributions."""
