@@ -93,6 +93,7 @@ def test_packed_logprobs_masked_mean_and_token_budget_by_hand():
     torch.testing.assert_close(lp, expected)
     assert masked_token_mean(lp, mask).item() == pytest.approx(float(expected.sum()) / 3)
     assert masked_token_mean(lp, torch.zeros_like(mask)).item() == 0.0  # no token: 0, not NaN
+    assert masked_token_mean(lp, torch.tensor([[0, 1, 0], [0, 0, 0]])).item() == pytest.approx(math.log(3 / 5))
     torch.testing.assert_close(sequence_nll(lp, mask), -expected.sum(-1))
     assert scale_to_token_budget(torch.tensor(6.0), 4).item() == 1.5
     torch.testing.assert_close(sequence_nll(expected.unsqueeze(0), mask.unsqueeze(0)), -expected.sum(-1).unsqueeze(0))
@@ -128,5 +129,5 @@ def test_generator_loss_with_padding_and_the_reinforce_term():
     # row 1: 0.6 + 0.5 * (0.2 * -1 + 0.3 * -3); row 2: 0.9 + 0.5 * (0.5 * -0.5); mean over the rows
     expected = ((0.6 + 0.5 * (-0.2 - 0.9)) + (0.9 + 0.5 * (-0.25))) / 2
     assert cot_generator_loss(kl, mask, lp, 0.5).item() == pytest.approx(expected, abs=1e-6)
-    with pytest.raises(ValueError, match="cot_generator_loss: gamma > 0 needs gen_logprobs"):
+    with pytest.raises(ValueError, match="^cot_generator_loss: gamma > 0 needs gen_logprobs$"):
         cot_generator_loss(kl, mask, None, 0.5)

@@ -87,3 +87,31 @@ def test_genere_shrinkage_and_proportions_by_hand():
     # sigma > 1 spreads the draws: pi moves toward uniform (E softmax(gamma + delta) shrinks the gap)
     pi1, pi3 = genere_mixture_proportions(gamma, 1.0), genere_mixture_proportions(gamma, 3.0)
     assert pi1.dtype == torch.float64 and 0.5 < float(pi3[0]) < float(pi1[0]) < float(torch.softmax(gamma, -1)[0])
+
+
+def test_effective_sample_size_baseline_and_sampling_probs_by_hand():
+    from hfcoop.losses import effective_sample_size, genere_baseline_update, genere_sampling_probs
+
+    # Kish ESS / n = (sum w)^2 / (n sum w^2): equal weights 1, one heavy weight (1, 1, 1, 5): 64 / (4 * 28)
+    assert effective_sample_size(torch.tensor([2.0, 2.0, 2.0])).item() == pytest.approx(1.0)
+    assert effective_sample_size(torch.tensor([1.0, 1.0, 1.0, 5.0])).item() == pytest.approx(64 / 112)
+    assert effective_sample_size(torch.zeros(3)).item() == 0.0  # no mass: 0, not NaN
+    # mu <- alpha mu + (1 - alpha) mean: alpha = 0.9, mu = -10, mean -5 -> -9.5
+    mu = genere_baseline_update(torch.tensor(-10.0, dtype=torch.float64), torch.tensor(-5.0, dtype=torch.float64), 0.9)
+    assert mu.item() == pytest.approx(-9.5)
+    # softmax(gamma + delta): gamma = (0, ln 2), delta = (ln 3, 0) -> (3, 2) / 5; batched draws softmax per row
+    probs = genere_sampling_probs(torch.tensor([0.0, math.log(2.0)]), torch.tensor([math.log(3.0), 0.0]))
+    torch.testing.assert_close(probs, torch.tensor([0.6, 0.4]))
+    rows = genere_sampling_probs(torch.zeros(2), torch.tensor([[0.0, 0.0], [math.log(4.0), 0.0]]))
+    torch.testing.assert_close(rows, torch.tensor([[0.5, 0.5], [0.8, 0.2]]))
+
+
+def test_small_or_integer_weights_and_unknown_samplers():
+    from hfcoop.losses import effective_sample_size
+
+    assert effective_sample_size(torch.tensor([1e-3, 1e-3])).item() == pytest.approx(1.0)  # scale-free, even tiny
+    assert effective_sample_size(torch.tensor([1, 1, 1, 5])).item() == pytest.approx(64 / 112)  # integer counts
+    half = effective_sample_size(torch.tensor([1.0, 1.0, 1.0, 5.0], dtype=torch.float16))
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(64 / 112)  # computed in float32
+    with pytest.raises(ValueError, match=r"^sampler must be one of .*got 'beam'\.$"):
+        gcn_log_weights(torch.zeros(2), "d", "beam")
