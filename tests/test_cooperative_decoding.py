@@ -200,7 +200,8 @@ def test_cooperative_generate_and_gcn_pass_top_k_top_p_to_mcts(toy, tmp_path, mo
                          num_simulations=4, mcts_top_k=3)  # fmt: skip
     assert (seen[-1]["filter_top_k"], seen[-1]["top_p"]) == (3, 0.9)
     data = Dataset.from_dict({"prompt": ["a", "b"] * 4, "completion": ["c e", "d"] * 4})
-    args = GCNConfig(output_dir=str(tmp_path / "gcn"), max_steps=1, per_device_train_batch_size=2, sampler="mcts",
+    # 2 steps: D's, then the generator's, whose proposals come from MCTS (the papers' order)
+    args = GCNConfig(output_dir=str(tmp_path / "gcn"), max_steps=2, per_device_train_batch_size=2, sampler="mcts",
                      num_simulations=4, mcts_top_k=3, max_completion_length=2, top_k=4, top_p=0.8,
                      report_to="none", save_strategy="no", disable_tqdm=True)  # fmt: skip
     GCNTrainer(path, train_dataset=data, args=args).train()
