@@ -116,7 +116,8 @@ class CooperativeConfig(TrainingArguments):
         metadata={
             "help": "Generator and companion as two LoRA adapters (plus a scorer's one-logit head) on ONE frozen base "
             "model instead of two models: needs `peft_config`; the companion starts at the base model. CoT, ψ-MLE, "
-            "GCN. Peak memory at 124M: 1.0-1.12x LoRA-SFT's, a third of the two-model pair's (benchmarks/README)."
+            "GCN. Peak memory at 124M: 1.0-1.31x LoRA-SFT's across measured rounds, about a third of the two-model "
+            "pair's (benchmarks/README)."
         },
     )
     trust_remote_code: bool = field(

@@ -143,8 +143,9 @@ class GenereConfig(CooperativeConfig):
         default="per_token",
         metadata={
             "help": "The reward of a generated row in the γ update (and the baseline µ): 'per_token' = log pθ(y|x) / "
-            "|y| times the optimizer step's mean |y| over all its rows (default: the same whatever the batch layout; robust to generators whose outputs are shorter or longer "
-            "than the data, on the sum's scale) or 'sum' = log pθ(y|x), the paper's, which favours the generator "
+            "|y| times the optimizer step's mean |y| over all its rows (default: the same γ whatever the batch "
+            "layout; robust to generators whose outputs are shorter or longer than the data, on the sum's scale) or "
+            "'sum' = log pθ(y|x), the paper's, which favours the generator "
             "with the shortest outputs."
         },
     )
