@@ -14,11 +14,15 @@ Protocol
   same way (``--mediator-n-embd 0`` gives CoT the trainer default, a copy of G). Then ``--steps`` of each algorithm
   from the pretrained generator, same batch, learning rate and step count ("MLE" = MLE continued). ψ-MLE's ratio
   model and GCN's discriminator: trainer defaults (generator backbone + zero head).
-- Metrics on ``--test-size`` test prompts: corpus BLEU-4 (sacrebleu, all references) and ROUGE-L F (best
+- Selection: every sweep (learning rate, mle_weight, candidates, mediator, ...) is scored on the **validation**
+  split (``--eval-split validation``, the default); the settings chosen there are then run once with
+  ``--eval-split test``, the only runs that read the test split. Each result file names its split.
+- Metrics on ``--test-size`` prompts of that split: corpus BLEU-4 (sacrebleu, all references) and ROUGE-L F (best
   reference) of greedy outputs; Self-BLEU-4 among T=1 samples (one per prompt; lower = more diverse); NLL = nats per
   reference token (EOS included) given the prompt. Mean ± half the min-max spread over seeds.
 - Decoding (GCN's generator and trained discriminator): greedy, beam (4), T=1 sampling, SIR (``--sir-candidates``
-  samples per prompt, one kept ∝ D) and MCTS (``--mcts-simulations`` per token, children = generator's top 10).
+  samples per prompt, one kept ∝ D) and MCTS (``--mcts-simulations`` per token, children = the generator's top
+  ``--mcts-top-k``; more simulations than children, else it is no search).
 
 Usage
     python benchmarks/conditional_quality.py --quick       # smallest honest budget, see QUICK
@@ -109,7 +113,8 @@ def to_text(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
 
 @torch.no_grad()
 def decode(method: str, model, tokenizer, prompts: list[str], max_prompt: int, max_new: int, seed: int,
-           discriminator=None, scorer_inputs=None, sir_candidates: int = 8, mcts_simulations: int = 8) -> list[str]:  # fmt: skip
+           discriminator=None, scorer_inputs=None, sir_candidates: int = 8, mcts_simulations: int = 8,
+           mcts_top_k: int = 4) -> list[str]:  # fmt: skip
     """Completions (word strings) of ``method``: greedy | beam | sample | sir | mcts."""
     from hfcoop.cooperative_decoding import mcts_decode, sample_and_resample
     from hfcoop.sampling import build_generation_config, generation_mode, sample_completions
@@ -138,7 +143,7 @@ def decode(method: str, model, tokenizer, prompts: list[str], max_prompt: int, m
                 else:
                     comp, cmask = mcts_decode(g, ids, mask, score, max_new_tokens=max_new,
                                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                              num_simulations=mcts_simulations, top_k=10, visit_temperature=0.0)  # fmt: skip
+                                              num_simulations=mcts_simulations, top_k=mcts_top_k, visit_temperature=0.0)  # fmt: skip
             out += to_text(tokenizer, comp, cmask)
     return out
 
@@ -213,7 +218,7 @@ def run_seed(task: str, data: dict, a, seed: int, tmp: str) -> dict:
 
     lengths = TASKS[task]
     train_ds = Dataset.from_dict({k: [r[k] for r in data["train"]] for k in ("prompt", "completion")})
-    test = data["test"][: a.test_size]
+    test = data[a.eval_split][: a.test_size]  # validation for every sweep; test once for the chosen settings
     texts = [r["prompt"] + " " + r["completion"] for r in data["train"]]
     a.seed = seed
     shared, per_algorithm = common.training_settings(a, lengths["completion_len"])
@@ -245,7 +250,8 @@ def run_seed(task: str, data: dict, a, seed: int, tmp: str) -> dict:
             for method in ("greedy", "beam", "sample", "sir", "mcts"):
                 texts_out = {"greedy": greedy, "sample": samples}.get(method) or decode(
                     method, g, tokenizer, prompts, lengths["prompt_len"], lengths["completion_len"], seed,
-                    trainer.pair.companion.eval(), trainer.scorer_inputs, a.sir_candidates, a.mcts_simulations)  # fmt: skip
+                    trainer.pair.companion.eval(), trainer.scorer_inputs, a.sir_candidates, a.mcts_simulations,
+                    a.mcts_top_k)  # fmt: skip
                 out["decoding"][method] = scores(texts_out, references)
                 print(f"[{task} seed {seed}] GCN decoding {method}: {out['decoding'][method]}", flush=True)
         del trainer, g
@@ -267,7 +273,7 @@ def mean_spread(values: list[float]) -> str:
 
 def report(a, results: dict, total: float) -> None:
     os.makedirs(a.out, exist_ok=True)
-    stem = common.result_stem("conditional_quality", a)
+    stem = common.result_stem("conditional_quality", a) + ("_validation" if a.eval_split == "validation" else "")
     lines = [f"# Conditional tasks: question generation (SQuAD-QG) and summarization (SciTLDR) "
              f"({'--quick' if a.quick else 'full'})", "",
              f"`python benchmarks/conditional_quality.py {' '.join(sys.argv[1:])}` — total {total / 60:.1f} min. "
@@ -275,7 +281,7 @@ def report(a, results: dict, total: float) -> None:
              f"**Protocol** (module docstring): seeds {a.seeds}; generator GPT-2 {a.n_layer} x {a.n_embd}; "
              f"{a.pretrain_steps} MLE pretraining steps (lr {a.pretrain_lr}), then {a.steps} steps per algorithm "
              f"(batch {a.batch_size}, Adam lr {a.lr}); CoT mediator width {a.mediator_n_embd or 'copy of G'}; GCN "
-             f"{a.gcn_candidates} samples per prompt, mle_weight {a.gcn_mle_weight}; {a.test_size} test prompts. Mean ± half the min-max spread over "
+             f"{a.gcn_candidates} samples per prompt, mle_weight {a.gcn_mle_weight}; scored on {a.test_size} prompts of the **{a.eval_split}** split. Mean ± half the min-max spread over "
              "seeds. BLEU-4 (corpus, 0-1) and ROUGE-L of greedy outputs; Self-BLEU-4 of T=1 samples; NLL per "
              "reference token.", ""]  # fmt: skip
     for task, per_seed in results.items():
@@ -342,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gcn-mle-weight", type=float, default=0.0, help="GCN mle_weight λ (0: pure GCN)")
     p.add_argument("--sir-candidates", type=int, default=8)
     p.add_argument("--mcts-simulations", type=int, default=8)
+    p.add_argument("--mcts-top-k", type=int, default=4, help="MCTS children per node (< --mcts-simulations)")
+    p.add_argument("--eval-split", default="validation", choices=["validation", "test"],
+                   help="split scored: validation for every sweep, test once for the settings chosen there")
     p.add_argument("--no-decoding", dest="decoding", action="store_false", help="skip the cooperative decoding rows")
     p.add_argument("--data", default=common.SHARED_DATA)
     p.add_argument("--cache-dir", default="", help="keep the MLE-pretrained models here and reuse them in later runs "

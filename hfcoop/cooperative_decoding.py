@@ -148,6 +148,21 @@ def _next_token_probs(
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
+def check_mcts_simulations(num_simulations: int, top_k: int, names: tuple[str, str] = ("num_simulations", "top_k")
+                           ) -> None:  # fmt: skip
+    """MCTS searches only when every child of the root gets a value from D: the first simulation expands the root
+    and each of its ``top_k`` children needs one visit, so ``num_simulations`` must exceed ``top_k``. With fewer,
+    the pick ignores D: uniform among the top-k with 1 simulation (no child visited), greedy on the prior with 2."""
+    if num_simulations <= top_k:
+        sims, k = names
+        raise ValueError(
+            f"MCTS with {sims}={num_simulations} and {k}={top_k} is not a search: the first simulation expands the "
+            f"root and each of its {top_k} children needs a visit before D's value can change the pick (with 1 "
+            f"simulation it is uniform among the top-k, with 2 greedy on the prior). Use {sims} >= {top_k + 1} "
+            f"(a few times more lets D steer the visits) or a smaller {k}."
+        )
+
+
 @torch.no_grad()
 def mcts_decode(
     model: nn.Module,
@@ -183,6 +198,7 @@ def mcts_decode(
     """
     if num_simulations < 1 or top_k < 1 or max_new_tokens < 1:
         raise ValueError("mcts_decode needs num_simulations >= 1, top_k >= 1 and max_new_tokens >= 1.")
+    check_mcts_simulations(num_simulations, min(top_k, getattr(getattr(model, "config", None), "vocab_size", top_k)))
     if unvisited_value not in MCTS_UNVISITED_VALUES:
         raise ValueError(f"unvisited_value must be one of {MCTS_UNVISITED_VALUES}, got {unvisited_value!r}.")
     search = _MCTSSearch(model, prompt_ids, prompt_mask, score_fn, max_new_tokens, eos_token_id, pad_token_id,

@@ -272,6 +272,17 @@ def genere_gamma_update(
     return gamma * shrinkage
 
 
+def genere_length_scale(normalization: str, length_sum: torch.Tensor | float, rows: torch.Tensor | float) -> float:
+    """The factor that turns a row's per-token log-likelihood ``log p_theta(y|x) / |y|`` into its reward: the mean
+    ``|y|`` over *all* rows of the optimizer step (every micro-batch and process), so rewards keep the summed
+    log-likelihood's scale (for which the paper's eta_gamma is tuned) while the ranking is per token; one constant
+    per step, so the update does not depend on how the step's rows are split. ``"sum"``: 1 (the rows already hold
+    the paper's summed log-likelihood)."""
+    if normalization == "sum":
+        return 1.0
+    return float(length_sum) / max(float(rows), 1.0)
+
+
 def genere_baseline_update(baseline: torch.Tensor, logprob_mean: torch.Tensor, smoothing: float) -> torch.Tensor:
     """GENERE Alg. 2 line 11, once per optimizer step: ``mu <- alpha * mu + (1 - alpha) * mean log p_theta(y|x)``
     over the step's rows, real and generated (``mu`` tracks the log-likelihood under the mixture P~_gamma)."""

@@ -398,9 +398,8 @@ class PairInput(TypedDict, total=False):
 class CooperativePair(nn.Module):
     """Generator + companion as one module; ``forward`` runs whichever of the two is given inputs.
 
-    A step either runs the companion, backpropagates it, then runs the generator (one process, DDP with unused
-    parameters allowed) or runs both in one call (DeepSpeed, FSDP: one backward per micro-step); see
-    :meth:`hfcoop.trainers.base.CooperativeTrainer.pair_forward`.
+    Each optimizer step trains one of the two (the papers' order: companion steps, then a generator step reading the
+    updated companion); see :meth:`hfcoop.trainers.base.CooperativeTrainer.companion_update` / ``generator_update``.
     ``companion`` may be ``None`` (MLE) or any ``nn.Module`` (an LM, a sequence classifier, a parameter holder).
     """
 

@@ -87,6 +87,15 @@ class AdapterCompanion(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.peft_model.get_output_embeddings()
 
+    def train(self, mode: bool = True) -> "AdapterCompanion":
+        """Train/eval mode for the head *and* the shared ``PeftModel``: its dropout layers run inside this module's
+        forward although it is not a submodule, so ``companion.eval()`` alone would leave the companion's signal
+        (and GCN's resampling scores) drawn with dropout. The generator, the same ``PeftModel``, is set alike:
+        the pair always switches both together, and the companion's eval forwards restore the mode afterwards."""
+        super().train(mode)
+        self.peft_model.train(mode)
+        return self
+
     def active(self) -> Any:
         """Context in which the shared LoRA layers compute with the companion adapter."""
         return adapter_scope(self._layers, self.adapter_name)

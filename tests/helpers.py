@@ -62,7 +62,9 @@ def launch(script: str, script_args: list[str], num_processes: int) -> str:
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *script_args]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": TESTS}
+    # This checkout's hfcoop, not whichever copy is installed (an editable install may point at another tree).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"WORLD_SIZE {num_processes}" in result.stdout, result.stdout[-2000:]
@@ -83,3 +85,40 @@ def assert_resume_is_bit_identical(run: Callable[..., Any], tmp_path: Any, model
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     init = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
     assert max(float((full.generator.state_dict()[k] - init[k]).abs().max()) for k in init) > 1e-4
+
+
+def row_keyed_genere_gamma(model_path: str, output_dir: str, per_device_batch: int, accumulation: int) -> dict:
+    """Two optimizer steps of GENERE over the same 32 rows, split as asked; returns γ and µ after them.
+
+    The rows' "generated" copies are the data rows themselves, each with a perturbation Δ that is a fixed function
+    of its tokens (GENERE's mixing RNG is per process, so real mixing would draw other rows in other layouts). The
+    LM's learning rate is 0: every layout scores the rows with the same model, and γ may differ only by rounding.
+    """
+    from datasets import Dataset
+
+    from conftest import coco_lines
+    from hfcoop import GenereConfig, GenereTrainer
+
+    class RowKeyedGenere(GenereTrainer):
+        def _mix(self, inputs):
+            ids, mask = inputs["completion_input_ids"], inputs["completion_mask"]
+            deltas = []
+            for row, m in zip(ids, mask):
+                key = sum((i + 1) * t for i, t in enumerate(row[m.bool()].tolist()))
+                deltas.append(torch.randn(len(self.generators), generator=torch.Generator().manual_seed(key),
+                                          dtype=torch.float64))  # fmt: skip
+            return inputs, list(range(ids.shape[0])), torch.stack(deltas)
+
+    def words(rng):
+        return {"text": "a man riding a bike"}
+
+    args = GenereConfig(
+        output_dir=output_dir, max_steps=2, per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=accumulation, learning_rate=0.0, max_completion_length=16,
+        mixture_learning_rate=0.5, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+    )  # fmt: skip
+    data = Dataset.from_dict({"text": coco_lines(32)})
+    trainer = RowKeyedGenere(model_path, [words, words, words], args=args, train_dataset=data)
+    trainer.train()
+    return {"world_size": trainer.accelerator.num_processes, "gamma": trainer.mixture_logits,
+            "baseline": trainer.baseline}  # fmt: skip

@@ -176,7 +176,7 @@ ALGORITHMS = {
     "cot": (CoTConfig, CoTTrainer, {}),
     "psi_mle": (PsiMLEConfig, PsiMLETrainer, {}),
     "gcn": (GCNConfig, GCNTrainer, {"num_candidates": 2}),
-    "gcn_mcts": (GCNConfig, GCNTrainer, {"sampler": "mcts", "num_simulations": 2, "mcts_top_k": 2}),
+    "gcn_mcts": (GCNConfig, GCNTrainer, {"sampler": "mcts", "num_simulations": 3, "mcts_top_k": 2}),
     "genere": (GenereConfig, GenereTrainer, {"mle_warmup_steps": 0}),
 }
 

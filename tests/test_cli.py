@@ -114,7 +114,7 @@ def test_generate_with_cooperative_decoding(tmp_path, tiny_lm, capsys):
     tok.save_pretrained(disc_dir)
     for decoding in ("resample", "mcts"):
         main(["generate", "--model_name_or_path", tiny_lm, "--num_samples", "2", "--max_new_tokens", "3",
-              "--decoding", decoding, "--discriminator_name_or_path", disc_dir, "--num_simulations", "2"])  # fmt: skip
+              "--decoding", decoding, "--discriminator_name_or_path", disc_dir, "--num_simulations", "11"])  # fmt: skip
         rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
         assert len(rows) == 2
     with pytest.raises(SystemExit, match="needs --discriminator_name_or_path"):

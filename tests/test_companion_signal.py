@@ -42,6 +42,7 @@ def one_step(trainer, monkeypatch, module, name):
     sample = trainer.sample
     trainer.sample = lambda *a, **k: (samples.append(sample(*a, **k)), samples[-1])[1]
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.state.global_step = 1  # a generator step
     trainer.model.train()
     trainer.cooperative_step(trainer.model, batch)
     return samples[0], batch, seen[0]
@@ -116,3 +117,52 @@ def test_each_model_is_clipped_on_its_own(shared_base, tiny_lm, tmp_path):
     assert all(torch.equal(a, p.grad) for a, p in zip(gen_before, generator))  # below its max: untouched
     comp = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in companion])))
     assert abs(comp - 1.0) < 1e-4  # clipped to max_grad_norm on its own
+
+
+SHARED = {  # trainer, config, extra settings, module and function whose call receives the signal, that argument
+    "cot": (CoTTrainer, CoTConfig, {}, cot_module, "per_token_kl", 1),
+    "psi_mle": (PsiMLETrainer, PsiMLEConfig, {}, psi_module, "importance_weights", 0),
+    "gcn": (GCNTrainer, GCNConfig, {"num_candidates": 2}, gcn_module, "gcn_log_weights", 0),
+    "gcn_resample": (GCNTrainer, GCNConfig, {"sampler": "resample", "num_candidates": 3}, gcn_module,
+                     "resample_log_weights", 0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SHARED))
+def test_shared_base_signal_is_dropout_free_across_optimizer_steps(name, dropout_lm, tmp_path, monkeypatch):
+    """Shared-base mode (both adapters on one base model with dropout 0.5), after real optimizer steps moved both
+    adapters: two generator steps on the same batch and the same samples give the generator the same signal, the
+    companion's eval-mode output (GCN's resampling scores too). The base model is not a submodule of the companion,
+    so `.eval()` on the companion alone left the base's dropout on."""
+    from peft import LoraConfig
+
+    trainer_cls, config_cls, extra, module, function, arg = SHARED[name]
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], task_type="CAUSAL_LM")
+    data = Dataset.from_dict({"text": coco_lines(16)})
+    args = config_cls(**settings(tmp_path, max_steps=4, learning_rate=5e-2, shared_base=True, **extra))
+    trainer = trainer_cls(dropout_lm, train_dataset=data, args=args, peft_config=lora)
+    trainer.train()  # 4 optimizer steps: 2 of each model
+    named = dict(trainer.pair.generator.named_parameters())
+    for adapter in ("default", trainer.companion_name):  # both adapters trained (LoRA's B starts at zero)
+        assert any(float(p.abs().max()) > 0 for n, p in named.items() if f"lora_B.{adapter}." in n), adapter
+    seen, drawn = [], {}
+    real = getattr(module, function)
+    monkeypatch.setattr(module, function, lambda *a, **k: (seen.append(a[arg]), real(*a, **k))[1])
+    sample = trainer.sample
+
+    def replay(prompt_ids, prompt_mask, num_return_sequences=1):  # the same samples in both calls
+        key = num_return_sequences
+        if key not in drawn:
+            drawn[key] = sample(prompt_ids, prompt_mask, num_return_sequences)
+        return drawn[key]
+
+    trainer.sample = replay
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    for _ in range(2):
+        trainer.state.global_step = 5  # a generator step
+        trainer.cooperative_step(trainer.model, batch)
+        trainer.model.zero_grad()
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[0], seen[1], atol=0, rtol=0)
+    assert trainer.pair.generator.training and trainer.pair.companion.training  # the mode is restored

@@ -126,7 +126,7 @@ def test_cooperative_generate_public_api(method, tiny_lm, tmp_path):
                                                     eos_token_id=tok.eos_token_id))  # fmt: skip
     disc.save_pretrained(tmp_path / "disc")
     tok.save_pretrained(tmp_path / "disc")
-    kw = dict(method=method, max_new_tokens=4, num_candidates=4, num_simulations=2, mcts_top_k=3)
+    kw = dict(method=method, max_new_tokens=4, num_candidates=4, num_simulations=4, mcts_top_k=3)
     texts = cooperative_generate(tiny_lm, str(tmp_path / "disc"), ["a man riding", "a dog"], **kw)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     texts = cooperative_generate(tiny_lm, disc, None, num_samples=3, **kw)  # unconditional, model object
@@ -197,11 +197,48 @@ def test_cooperative_generate_and_gcn_pass_top_k_top_p_to_mcts(toy, tmp_path, mo
     monkeypatch.setattr(gcn_module, "mcts_decode", spy)
     flat = lambda prompt_ids, prompt_mask, ids, mask: torch.zeros(ids.shape[0])  # noqa: E731
     cooperative_generate(model, flat, ["a"], tokenizer=tok, method="mcts", max_new_tokens=2, top_k=3, top_p=0.9,
-                         num_simulations=2)  # fmt: skip
+                         num_simulations=4, mcts_top_k=3)  # fmt: skip
     assert (seen[-1]["filter_top_k"], seen[-1]["top_p"]) == (3, 0.9)
     data = Dataset.from_dict({"prompt": ["a", "b"] * 4, "completion": ["c e", "d"] * 4})
-    args = GCNConfig(output_dir=str(tmp_path / "gcn"), max_steps=1, per_device_train_batch_size=2, sampler="mcts",
-                     num_simulations=2, mcts_top_k=3, max_completion_length=2, top_k=4, top_p=0.8,
+    # 2 steps: D's, then the generator's, whose proposals come from MCTS (the papers' order)
+    args = GCNConfig(output_dir=str(tmp_path / "gcn"), max_steps=2, per_device_train_batch_size=2, sampler="mcts",
+                     num_simulations=4, mcts_top_k=3, max_completion_length=2, top_k=4, top_p=0.8,
                      report_to="none", save_strategy="no", disable_tqdm=True)  # fmt: skip
     GCNTrainer(path, train_dataset=data, args=args).train()
     assert (seen[-1]["filter_top_k"], seen[-1]["top_p"]) == (4, 0.8)
+
+
+def test_mcts_follows_d_not_the_prior_and_refuses_too_few_simulations(toy):
+    """D prefers one token that the prior ranks third: with top_k + 1 simulations (each child valued once) the pick
+    moves from the prior's favourite to D's. Fewer simulations ignore D (1: uniform among the top-k, 2: greedy on
+    the prior), so they are refused with the reason."""
+    _, model, tok = toy
+    prompt_ids, prompt_mask = pad_left(encode(tok, ["a"]), tok.pad_token_id)
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=prompt_ids, attention_mask=prompt_mask).logits[0, -1], -1)
+    ranked = probs.argsort(descending=True).tolist()
+    favourite, preferred = ranked[0], ranked[2]
+
+    def prefers(prompt_ids, prompt_mask, completion_ids, completion_mask):
+        first = [c[m.bool()].tolist()[:1] == [preferred] for c, m in zip(completion_ids, completion_mask)]
+        return torch.where(torch.tensor(first), 8.0, -8.0)
+
+    flat = lambda prompt_ids, prompt_mask, ids, mask: torch.zeros(ids.shape[0])  # noqa: E731
+    kw = dict(max_new_tokens=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, top_k=3, c_puct=1.0)
+    for sims in (4, 12):
+        ids, _ = mcts_decode(model, prompt_ids, prompt_mask, prefers, num_simulations=sims, **kw)
+        assert ids[0, 0].item() == preferred != favourite
+        ids, _ = mcts_decode(model, prompt_ids, prompt_mask, flat, num_simulations=sims, **kw)
+        assert ids[0, 0].item() == favourite  # an indifferent D leaves the prior's choice
+    for sims in (1, 2, 3):
+        with pytest.raises(ValueError, match="is not a search.*num_simulations >= 4"):
+            mcts_decode(model, prompt_ids, prompt_mask, prefers, num_simulations=sims, **kw)
+
+
+def test_gcn_config_refuses_an_mcts_that_does_not_search(tmp_path):
+    from hfcoop import GCNConfig
+
+    with pytest.raises(ValueError, match="num_simulations=4 and mcts_top_k=4 is not a search"):
+        GCNConfig(output_dir=str(tmp_path), sampler="mcts", num_simulations=4, mcts_top_k=4)
+    GCNConfig(output_dir=str(tmp_path), sampler="mcts")  # the defaults search
+    GCNConfig(output_dir=str(tmp_path), sampler="model", num_simulations=1)  # not used without MCTS

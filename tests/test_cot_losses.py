@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 import torch
 
 from hfcoop.losses import cot_generator_loss, mediator_loss, per_token_kl, token_logprobs
@@ -76,3 +78,56 @@ def test_mediator_loss_is_balanced_nll():
     gen_mask = torch.tensor([[1, 1]])
     # real NLLs 3 and 0.5 -> 1.75 ; generated NLL 4 ; balanced: (1.75 + 4) / 2
     assert abs(mediator_loss(real_lp, real_mask, gen_lp, gen_mask).item() - 2.875) < 1e-6
+
+
+# ---------------------------------------------------------------- the shared reductions, by hand (mutation testing)
+def test_packed_logprobs_masked_mean_and_token_budget_by_hand():
+    from hfcoop.losses import masked_token_mean, packed_token_logprobs, scale_to_token_budget, sequence_nll
+
+    # Two rows, vocabulary 3; the mask keeps 2 + 1 tokens, whose logits are packed row-major.
+    labels = torch.tensor([[2, 0, 1], [1, 2, 2]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    packed = torch.tensor([[0.0, 0.0, math.log(2.0)], [math.log(3.0), 0.0, 0.0], [0.0, math.log(4.0), 0.0]])
+    lp = packed_token_logprobs(packed, labels, mask)
+    expected = torch.tensor([[math.log(2 / 4), math.log(3 / 5), 0.0], [math.log(4 / 6), 0.0, 0.0]])
+    torch.testing.assert_close(lp, expected)
+    assert masked_token_mean(lp, mask).item() == pytest.approx(float(expected.sum()) / 3)
+    assert masked_token_mean(lp, torch.zeros_like(mask)).item() == 0.0  # no token: 0, not NaN
+    assert masked_token_mean(lp, torch.tensor([[0, 1, 0], [0, 0, 0]])).item() == pytest.approx(math.log(3 / 5))
+    torch.testing.assert_close(sequence_nll(lp, mask), -expected.sum(-1))
+    assert scale_to_token_budget(torch.tensor(6.0), 4).item() == 1.5
+    torch.testing.assert_close(sequence_nll(expected.unsqueeze(0), mask.unsqueeze(0)), -expected.sum(-1).unsqueeze(0))
+
+
+def test_genere_length_scale_by_hand():
+    from hfcoop.losses import genere_length_scale
+
+    assert genere_length_scale("per_token", torch.tensor(30.0), torch.tensor(4.0)) == 7.5  # the step's mean |y|
+    assert genere_length_scale("per_token", 12.0, 0.0) == 12.0  # no rows: no division by 0
+    assert genere_length_scale("sum", 30.0, 4.0) == 1.0  # the paper's summed reward, unscaled
+
+
+def test_kl_without_grad_in_chunks_equals_the_formula():
+    """The no-grad path (evaluation, logging) chunks positions too: every chunk size, dividing B*T or not, gives the
+    formula's values at every (row, position)."""
+    torch.manual_seed(1)
+    gen, med = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    g, m = torch.log_softmax(gen, -1), torch.log_softmax(med, -1)
+    expected = (g.exp() * (g - m)).sum(-1)
+    with torch.no_grad():
+        for chunk in (None, 1, 4, 6, 7):
+            torch.testing.assert_close(per_token_kl(gen, med, chunk), expected, msg=str(chunk))
+    gen.requires_grad_(True)  # with grad (the generator's step): the same values, in chunks of 4
+    torch.testing.assert_close(per_token_kl(gen, med, 4), expected)
+
+
+def test_generator_loss_with_padding_and_the_reinforce_term():
+    """Padded positions carry neither KL nor prefix log-probability (a 0 in the mask, not a division by it)."""
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.7, -9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # row 1: 0.6 + 0.5 * (0.2 * -1 + 0.3 * -3); row 2: 0.9 + 0.5 * (0.5 * -0.5); mean over the rows
+    expected = ((0.6 + 0.5 * (-0.2 - 0.9)) + (0.9 + 0.5 * (-0.25))) / 2
+    assert cot_generator_loss(kl, mask, lp, 0.5).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="^cot_generator_loss: gamma > 0 needs gen_logprobs$"):
+        cot_generator_loss(kl, mask, None, 0.5)

@@ -17,8 +17,8 @@ def _full_logprobs(logits, labels):
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
 
 
-def reference_step(trainer, model, batch, gen_ids, gen_mask):
-    """CoTTrainer.cooperative_step as first written: (B, C, V) logits for every completion position."""
+def reference_terms(trainer, model, batch, gen_ids, gen_mask):
+    """CoT's mediator and generator terms as first written: (B, C, V) logits for every completion position."""
     prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     real_ids, real_mask = batch["completion_input_ids"], batch["completion_mask"]
     b, length = gen_ids.shape
@@ -35,7 +35,7 @@ def reference_step(trainer, model, batch, gen_ids, gen_mask):
     kl = (g.exp() * (g - m)).sum(-1)
     gamma = trainer.args.gamma
     loss_g = cot_generator_loss(kl, gen_mask, _full_logprobs(gen_logits, gen_ids) if gamma else None, gamma)
-    return (loss_m + loss_g) / trainer.args.max_completion_length  # the token-budget normalisation
+    return loss_m / trainer.args.max_completion_length, loss_g / trainer.args.max_completion_length  # token budget
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5])
@@ -58,18 +58,22 @@ def test_packed_step_equals_full_block_step(tiny_lm, coco_prompt_completion, tmp
     trainer.sample = lambda *a, **k: (gen_ids, gen_mask)
     assert uses_mask_logits_to_keep(model.generator)
 
-    reference = reference_step(trainer, model, batch, gen_ids, gen_mask)
-    reference.backward()
-    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    loss = trainer.cooperative_step(model, batch)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for step, term in ((0, 0), (1, 1)):  # a mediator step, then a generator step (the papers' order)
+        model.zero_grad(set_to_none=True)
+        reference = reference_terms(trainer, model, batch, gen_ids, gen_mask)[term]
+        reference.backward()
+        ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        trainer.state.global_step = step
+        loss = trainer.cooperative_step(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-5)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-5)
+        assert grads.keys() == ref_grads.keys() and grads  # one model's gradients, the same ones
+        assert all(n.startswith("companion." if term == 0 else "generator.") for n in grads)
+        for name in grads:
+            torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_completion_logits_mask_fallback_matches(tiny_lm, monkeypatch):

@@ -65,13 +65,17 @@ def test_cot_reduces_exact_jsd_and_mediator_tracks_mixture(toy, tmp_path):
     path, tok, p = toy
     g0 = model_distribution(AutoModelForCausalLM.from_pretrained(path), tok)
     jsd0 = jsd(g0, p)
-    trainer = CoTTrainer(path, train_dataset=toy_dataset(), args=toy_args(tmp_path, 300))
+    # 1000 optimizer steps: 500 mediator steps and 500 generator steps, each against the updated mediator. Measured
+    # JSD (paper order, two runs): 0.18 / 0.09 / 0.009-0.085 after 100 / 300 / 600 generator steps (a plateau near
+    # 0.09, then a drop at varying times); the earlier simultaneous schedule (generator against the mediator before
+    # its update, both every step): 0.063 / 0.018 after 100 / 300 steps.
+    trainer = CoTTrainer(path, train_dataset=toy_dataset(), args=toy_args(tmp_path, 1000))
     trainer.train()
     g = model_distribution(trainer.pair.generator, tok)
     m = model_distribution(trainer.pair.companion, tok)
-    # JSD starts at ~0.61 nats (of ln 2 = 0.69 max); CoT measured ~0.007 after 300 steps. Asking for a 10x drop
-    # leaves margin for seeds while failing for a generator that does not learn (or learns the wrong signal).
-    assert jsd(g, p) < 0.1 * jsd0, (jsd(g, p), jsd0)
+    # JSD starts at ~0.61 nats (of ln 2 = 0.69 max). Asking for a 4x drop leaves margin over the plateau while
+    # failing for a generator that does not learn (or learns the wrong signal).
+    assert jsd(g, p) < 0.25 * jsd0, (jsd(g, p), jsd0)
     assert total_variation(m, (p + g) / 2) < 0.15
     logged = [e for e in trainer.state.log_history if "companion/loss" in e]
     # Sec. 4.1.2: the balanced NLL falls as training progresses; its floor is H(p_data) = 1.28 nats.
@@ -118,12 +122,13 @@ def test_gradient_accumulation_matches_large_batch(tiny_lm, coco_prompt_completi
 
 def _launch(num_processes, model, out, batch):
     stdout = launch(os.path.join(TESTS, "scripts", "ddp_cot.py"), [model, out, str(batch)], num_processes)
-    assert "BACKWARD_CALLS 8" in stdout  # 4 steps, two backward passes each (companion first), under DDP too
+    assert "BACKWARD_CALLS 4" in stdout  # 4 steps, one backward each (mediator, generator, mediator, generator)
     return load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(out, "mediator", "model.safetensors"))
 
 
 def test_two_process_ddp_matches_one_process(tiny_lm, tmp_path):
-    """DDP (find_unused_parameters on, the two-pass schedule) trains exactly like one process with the whole batch."""
+    """DDP (find_unused_parameters on: each step trains one model) trains exactly like one process with the whole
+    batch."""
     gen2, med2 = _launch(2, tiny_lm, str(tmp_path / "ddp"), 4)
     gen1, med1 = _launch(1, tiny_lm, str(tmp_path / "single"), 8)
     init = load_file(os.path.join(tiny_lm, "model.safetensors"))
@@ -220,12 +225,14 @@ def test_save_model_exports_generator_with_card_and_optional_mediator(tiny_lm, c
 
 
 def test_mediator_steps_skip_generator_updates(tiny_lm, coco_text, tmp_path):
-    args = cot_args(tmp_path, max_steps=4, mediator_steps=2)
+    args = cot_args(tmp_path, max_steps=6, mediator_steps=2)
     trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=args)
     assert args.ddp_find_unused_parameters is True
     trainer.train()
     with_generator = [e for e in trainer.state.log_history if "generator/loss" in e]
-    assert [e["step"] for e in with_generator] == [2, 4]
+    with_mediator = [e for e in trainer.state.log_history if "companion/loss" in e]
+    assert [e["step"] for e in with_generator] == [3, 6]  # Alg. 1: N_m = 2 mediator steps, then the generator
+    assert [e["step"] for e in with_mediator] == [1, 2, 4, 5]
 
 
 def test_companion_learning_rate_gets_its_own_param_groups(tiny_lm, coco_text, tmp_path):

@@ -165,7 +165,7 @@ def test_baseline_keeps_the_expected_update_and_removes_the_noise():
     "sampler, data, extra",
     [("model", "text", {"mle_weight": 0.3, "save_companion": True, "weight_baseline": True}),
      ("resample", "prompt_completion", {"weighting": "ratio"}),
-     ("mcts", "prompt_completion", {"num_simulations": 2, "mcts_top_k": 4, "max_completion_length": 4})],
+     ("mcts", "prompt_completion", {"num_simulations": 5, "mcts_top_k": 4, "max_completion_length": 4})],
 )  # fmt: skip
 def test_trainer_end_to_end(sampler, data, extra, tiny_lm, coco_text, coco_prompt_completion, tmp_path):
     dataset = coco_text if data == "text" else coco_prompt_completion
@@ -173,12 +173,15 @@ def test_trainer_end_to_end(sampler, data, extra, tiny_lm, coco_text, coco_promp
     trainer = GCNTrainer(tiny_lm, train_dataset=dataset, args=args)
     before = {k: v.clone() for k, v in trainer.pair.companion.state_dict().items()}
     trainer.train()
-    logs = [e for e in trainer.state.log_history if "companion/accuracy" in e]
-    assert len(logs) == 2
-    for key in ("companion/accuracy", "companion/d_real", "companion/d_generated", "companion/loss",
-                "generator/weight_mean", "generator/weight_max", "generator/ess", "generator/loss"):  # fmt: skip
-        assert all(math.isfinite(e[key]) for e in logs), key
-    assert abs(logs[0]["companion/loss"] - math.log(2)) < 1e-4  # zero head: D ≡ 1/2 at the start
+    # The papers' order: step 1 trains D alone, step 2 the generator alone (against the updated D).
+    d_logs = [e for e in trainer.state.log_history if "companion/accuracy" in e]
+    logs = [e for e in trainer.state.log_history if "generator/loss" in e]
+    assert [e["step"] for e in d_logs] == [1] and [e["step"] for e in logs] == [2]
+    for key in ("companion/accuracy", "companion/d_real", "companion/d_generated", "companion/loss"):
+        assert math.isfinite(d_logs[0][key]) and key not in logs[0], key
+    for key in ("generator/weight_mean", "generator/weight_max", "generator/ess", "generator/loss"):
+        assert math.isfinite(logs[0][key]) and key not in d_logs[0], key
+    assert abs(d_logs[0]["companion/loss"] - math.log(2)) < 1e-4  # zero head: D ≡ 1/2 at the start
     after = trainer.pair.companion.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     if sampler == "model":
@@ -288,3 +291,18 @@ def test_two_process_ddp_matches_one_process(tiny_lm, tmp_path):
         assert diff < 2e-5, (algorithm, diff)
         moved = max(float((rank0["generator." + k] - init[k]).abs().max()) for k in init)
         assert moved > 1e-3, algorithm  # and training really moved the generator
+
+
+@pytest.mark.parametrize("setting", [{"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.9}])
+def test_gcn_warns_about_distorted_sampling(setting, tiny_lm, coco_text, tmp_path):
+    """The weights w = q/q̂ and D's negatives assume samples of p_theta itself, as CoT's objectives do."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="GCN with .*biases the generator's update"):
+        GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path, **setting))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # plain sampling: no such warning
+        try:
+            GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path))
+        except UserWarning as w:
+            assert "biases" not in str(w)

@@ -287,14 +287,18 @@ def words_generator(length: int):
     return generate
 
 
-@pytest.mark.parametrize("normalization", ["per_token", "sum"])
-def test_the_matching_generator_wins_whatever_the_lengths(normalization, tmp_path):
+@pytest.mark.parametrize(
+    "normalization, micro_batch", [("per_token", 32), ("per_token", 1), ("sum", 32)],
+    ids=["per_token", "per_token_micro_batch_1", "sum"],
+)
+def test_the_matching_generator_wins_whatever_the_lengths(normalization, micro_batch, tmp_path):
     """The data are 6 uniform words; the black boxes emit the same words, 1, 6 (the match) or 10 at a time.
 
     A model trained on the data gives every word ~ln 8 = 2.1 nats and EOS only after 6 words, so a 1-word row
     sums to ~-2.1 - (an unlikely EOS) ≈ -6, far above a matching row's ~-12.5: the summed reward of the paper
-    crowns the shortest generator. Per token (on the sum's scale) the matching rows score best. Defaults otherwise
-    (η_γ 0.1, shrinkage 0.99)."""
+    crowns the shortest generator. Per token (on the sum's scale) the matching rows score best, also at micro-batch 1
+    x accumulation 32 (the reward was once scaled by the micro-batch's mean length: at micro-batch 1 the paper's sum,
+    π_short 0.975). Defaults otherwise (η_γ 0.1, shrinkage 0.99)."""
     from datasets import Dataset
 
     from hfcoop.tiny import build_tiny_model
@@ -304,7 +308,8 @@ def test_the_matching_generator_wins_whatever_the_lengths(normalization, tmp_pat
     model = build_tiny_model(str(tmp_path / "lm"), [" ".join(LENGTH_WORDS)], vocab_size=20, n_layer=1, n_embd=32,
                              n_head=2, n_positions=32)  # fmt: skip
     generators = [words_generator(1), words_generator(6), words_generator(10)]
-    args = config(tmp_path, max_steps=120, per_device_train_batch_size=32, learning_rate=1e-2,
+    args = config(tmp_path, max_steps=120, per_device_train_batch_size=micro_batch,
+                  gradient_accumulation_steps=32 // micro_batch, learning_rate=1e-2,
                   lr_scheduler_type="constant", mle_warmup_steps=40, logging_steps=40,
                   likelihood_normalization=normalization)  # fmt: skip
     trainer = GenereTrainer(model, generators, args=args, train_dataset=real)
@@ -332,3 +337,21 @@ def test_old_name_of_the_mixture_learning_rate_still_works(tmp_path):
     with pytest.raises(ValueError, match="old name of mixture_learning_rate"):
         GenereConfig(output_dir=str(tmp_path), generator_learning_rate=0.07, mixture_learning_rate=0.5)
     assert GenereConfig(output_dir=str(tmp_path), mixture_learning_rate=0.3).mixture_learning_rate == 0.3
+
+
+# ------------------------------------------------------------------------- the batch layout
+def test_gamma_does_not_depend_on_the_batch_layout(tiny_lm, tmp_path):
+    """The same 32 rows per optimizer step as micro-batch 32, micro-batch 1 x accumulation 32, and 2 processes x 16
+    give the same γ and µ (to float rounding). The per-token reward was rescaled by the *micro-batch's* mean length,
+    which at micro-batch 1 is the row's own: the paper's summed reward, the one that crowns the shortest generator."""
+    from helpers import launch, row_keyed_genere_gamma, TESTS
+
+    one = row_keyed_genere_gamma(tiny_lm, str(tmp_path / "mb32"), 32, 1)
+    many = row_keyed_genere_gamma(tiny_lm, str(tmp_path / "mb1"), 1, 32)
+    script = os.path.join(TESTS, "scripts", "genere_layout.py")
+    stdout = launch(script, [tiny_lm, str(tmp_path / "ddp"), "16", "1"], 2)
+    ddp = json.loads(stdout.split("GENERE ", 1)[1].splitlines()[0])
+    assert max(abs(g) for g in one["gamma"]) > 0.05  # γ moved: the comparison is not between zeros
+    for other in (many, ddp):
+        assert other["gamma"] == pytest.approx(one["gamma"], abs=1e-6)
+        assert other["baseline"] == pytest.approx(one["baseline"], abs=1e-5)

@@ -158,6 +158,53 @@ def test_mixture_weights_recover_the_data_expectation():
         assert torch.allclose(weighted_nll_loss(torch.cat([log_p_theta, log_p_theta]), w).double(), expected)
 
 
+def test_ratio_loss_against_the_mixture_by_hand_at_m_03():
+    """Eq. 11 / Table 4 (logistic) with p_den = p_mix = m p_data + (1 - m) p_theta, m = 0.3: the denominator's
+    expectation weighs the real rows' mean by m and the generated rows' by 1 - m (written out by hand)."""
+    real, gen = torch.tensor([0.2, -0.4]), torch.tensor([0.1, 0.7, -0.3])
+    r_real, r_gen = real.exp(), gen.exp()
+    den = 0.3 * torch.log1p(r_real).mean() + 0.7 * torch.log1p(r_gen).mean()
+    expected = den - torch.log(r_real / (r_real + 1)).mean()
+    loss = psi_mle_ratio_loss(real, gen, "logistic", "mixture", 0.3)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    swapped = 0.7 * torch.log1p(r_real).mean() + 0.3 * torch.log1p(r_gen).mean() - torch.log(r_real / (r_real + 1)).mean()
+    assert abs(expected.item() - swapped.item()) > 1e-2  # the test sees an m / 1 - m swap
+    model = psi_mle_ratio_loss(real, gen, "logistic", "model", 0.3)  # Alg. 1 line 8: p_den = p_theta, m unused
+    assert model.item() == pytest.approx((torch.log1p(r_gen).mean() - torch.log(r_real / (r_real + 1)).mean()).item(),
+                                         abs=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["mixture", "model"])
+def test_generator_weights_at_m_03_by_hand(target, tiny_lm, coco_text, tmp_path, monkeypatch):
+    """The generator's step weighs its real rows by m and its samples by 1 - m (m = 0.3), times p_data/p_mix from
+    the ratio model (converted from p_data/p_theta for target 'model'), self-normalised: every weight by hand."""
+    import hfcoop.trainers.psi_mle as psi_module
+
+    trainer = PsiMLETrainer(tiny_lm, train_dataset=coco_text, args=psi_args(tmp_path, mixture_weight=0.3,
+                                                                             ratio_target=target))  # fmt: skip
+    torch.manual_seed(0)
+    torch.nn.init.normal_(trainer.pair.companion.score.weight, std=0.5)  # log r varies across rows
+    seen = []
+    real = psi_module.importance_weights
+    monkeypatch.setattr(psi_module, "importance_weights", lambda *a, **k: (seen.append(a), real(*a, **k))[1])
+    scores = []
+    signal = trainer.companion_signal
+    trainer.companion_signal = lambda *a: (scores.append(signal(*a)), scores[-1])[1]
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.state.global_step = 1  # a generator step
+    trainer.model.train()
+    trainer.cooperative_step(trainer.model, batch)
+    (log_w, c, alpha, self_normalize), = seen
+    n = batch["completion_input_ids"].shape[0]
+    assert torch.equal(c, torch.tensor([0.3 / n] * n + [0.7 / n] * n))
+    log_r = scores[0].squeeze(-1).float().double()
+    r = log_r.exp()
+    ratio = r if target == "mixture" else r / (0.3 * r + 0.7)  # p_data/p_mix = r / (m r + 1 - m) for p_data/p_theta
+    expected = c.double() * ratio / (c.double() * ratio).sum()
+    weights = real(log_w, c, alpha, self_normalize).double()
+    torch.testing.assert_close(weights, expected, atol=1e-6, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- the estimator on an enumerable toy
 VOCAB = ("a", "b", "c")
 SEQS = list(itertools.product(VOCAB, repeat=2))  # 9 sequences of length 2
@@ -194,22 +241,26 @@ def train_estimator(score_all, params, target, bregman, m=0.5, steps=600, batch=
 
 
 @pytest.mark.parametrize("bregman", BREGMAN_FUNCTIONS)
-@pytest.mark.parametrize("target", ["mixture", "model"])
-def test_ratio_estimator_approaches_its_target(target, bregman):
+@pytest.mark.parametrize("target, m", [("mixture", 0.5), ("model", 0.5), ("mixture", 0.2)])
+def test_ratio_estimator_approaches_its_target(target, m, bregman):
     """A free log-ratio per sequence trained by minibatch SGD converges to its target ratio.
 
     Threshold: the implied p_data (r̂ · p_den, normalised) must be within TV 0.04 of p_data. Each step sees
     256 + 256 samples and the learning rate decays to 0, so the estimate averages several thousand samples per
     class; the plug-in (frequency-count) estimate of p_data from 2000 samples has an expected TV of ~0.02
     here, so 0.04 allows the estimator twice that noise. The two targets differ by TV 0.27 (mixture ratio read
-    as a model ratio and vice versa), so converging to the wrong target fails by far.
+    as a model ratio and vice versa), so converging to the wrong target fails by far. At m = 0.2 the real rows'
+    share of the mixture is 0.2, not 0.8: the ratio with m and 1 - m swapped implies a p_data 0.29 away.
     """
-    m = 0.5
     s = torch.zeros(9, requires_grad=True)
     log_r = train_estimator(lambda: s, [s], target, bregman, m=m)
-    other = "model" if target == "mixture" else "mixture"
     assert tv(implied_data(log_r, target, m), P_DATA) < 0.04
-    assert tv(implied_data(log_r, other, m), P_DATA) > 0.15
+    if m == 0.5:
+        other = "model" if target == "mixture" else "mixture"
+        assert tv(implied_data(log_r, other, m), P_DATA) > 0.15
+    else:  # the ratio of m and 1 - m swapped is far from this one
+        swapped = (P_DATA / (m * P_MODEL + (1 - m) * P_DATA)).log()
+        assert tv(implied_data(swapped, target, m), P_DATA) > 0.25  # so a swapped estimator fails the 0.04 above
 
 
 # ---------------------------------------------------------------- the scorer companion
@@ -257,12 +308,15 @@ def test_trainer_end_to_end_logs_saves_and_exports(tiny_lm, coco_text, tmp_path)
     trainer = PsiMLETrainer(tiny_lm, train_dataset=coco_text, eval_dataset=coco_text.select(range(16)), args=args)
     before = {k: v.clone() for k, v in trainer.pair.companion.state_dict().items()}
     trainer.train()
+    # The papers' order: steps 1 and 3 train the ratio model, step 2 the generator (with the updated r).
     logs = [e for e in trainer.state.log_history if "companion/loss" in e]
-    assert len(logs) == 3
-    for key in ("companion/ratio_mean_real", "companion/ratio_mean_generated", "companion/ratio_max",
-                "generator/weight_share_max", "generator/ess", "generator/loss"):
+    gen_logs = [e for e in trainer.state.log_history if "generator/loss" in e]
+    assert [e["step"] for e in logs] == [1, 3] and [e["step"] for e in gen_logs] == [2]
+    for key in ("companion/ratio_mean_real", "companion/ratio_mean_generated", "companion/ratio_max"):
         assert all(math.isfinite(e[key]) for e in logs), key
-    assert 0 < logs[-1]["generator/ess"] <= 1 + 1e-6
+    for key in ("generator/weight_share_max", "generator/ess", "generator/loss"):
+        assert math.isfinite(gen_logs[0][key]), key
+    assert 0 < gen_logs[0]["generator/ess"] <= 1 + 1e-6
     # the logistic objective starts at 2·log 2 (r ≡ 1: zero head), and the ratio model learns
     assert abs(logs[0]["companion/loss"] - 2 * math.log(2)) < 1e-4
     after = trainer.pair.companion.state_dict()

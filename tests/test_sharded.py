@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-2 / ZeRO-3 and FSDP2 through `hfcoop train`, launched with the shipped recipes/accelerate configs.
 
-Each engine is one 2-process CPU job (gloo; DeepSpeed with DS_ACCELERATOR=cpu, the configs' other fields as
+Each engine is one 2-process CPU job (the papers' update order: each step trains one model, which the test checks) (gloo; DeepSpeed with DS_ACCELERATOR=cpu, the configs' other fields as
 shipped, `--num_processes 2 --mixed_precision no` on the command line) running tests/scripts/sharded_cli.py:
 per algorithm a 3-step run that checkpoints at step 2 and exports generator + companion, then a run resumed from
 that checkpoint. The same script under the DDP config is the reference: losses and exported models must agree
@@ -76,12 +76,23 @@ def launched(tiny_lm, tmp_path_factory):
 
 def job_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    return {**env, "PYTHONPATH": os.path.dirname(SCRIPT), **extra}
+    return {**env, "PYTHONPATH": os.pathsep.join([os.path.dirname(SCRIPT), ROOT]), **extra}  # this checkout's hfcoop
 
 
 def step_losses(run_dir: str) -> dict[int, float]:
     with open(os.path.join(run_dir, "checkpoint-3", "trainer_state.json")) as f:
         return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
+
+
+def step_roles(run_dir: str) -> dict[int, str]:
+    """Which model each logged step trained, from its metrics (logging every step)."""
+    with open(os.path.join(run_dir, "checkpoint-3", "trainer_state.json")) as f:
+        history = [h for h in json.load(f)["log_history"] if "loss" in h]
+    roles = {}
+    for h in history:
+        trained = {k.split("/")[0] for k in h if k.split("/")[0] in ("generator", "companion") and "grad_norm" not in k}
+        roles[h["step"]] = "/".join(sorted(trained))
+    return roles
 
 
 def weights(path: str, companion: bool = False) -> dict[str, torch.Tensor]:
@@ -124,6 +135,11 @@ def test_sharded_training_matches_ddp_checkpoints_resumes_and_exports(engine, la
         for step in losses:
             assert losses[step] == pytest.approx(ref_losses[step], rel=1e-5, abs=1e-5), (algorithm, step)
         assert step_losses(resumed)[3] == pytest.approx(losses[3], rel=1e-6, abs=1e-6), algorithm
+        # The papers' order, one model per step: steps 1 and 3 the companion, step 2 the generator, under every
+        # engine; the generator's momentum (SGD, 0.9) must not move it in step 3 (ZeRO hands the optimizer zeros).
+        if algorithm in COMPANION:
+            assert step_roles(full) == {1: "companion", 2: "generator", 3: "companion"}, algorithm
+            assert max_diff(weights(full), weights(os.path.join(full, "checkpoint-2"))) == 0, algorithm
         # The exported generator is a whole from_pretrained model equal to DDP's, and training moved it.
         generator = weights(full)
         assert max_diff(generator, weights(ref)) < 1e-5, algorithm

@@ -1,11 +1,13 @@
 """The shared mechanism: a generator plus one companion model, trained together by ``transformers.Trainer``.
 
-Each step: sample from the generator (no grad, eval mode, KV cache) -> the companion's forward (real + generated)
-and its loss, backpropagated at once -> the generator's forward on its training sequences -> ``generator_loss(
-detached companion signal)``, backpropagated by Trainer -> one optimizer step with per-model parameter groups.
-Under DeepSpeed / FSDP (one backward per micro-step) both models run in one forward of the
-:class:`~hfcoop.modeling.CooperativePair` and the summed loss has one backward (:meth:`CooperativeTrainer.pair_forward`).
-Subclasses implement :meth:`CooperativeTrainer.cooperative_step`.
+The papers' order (CoT Alg. 1, ψ-MLE Alg. 1, GCN: "train D, then update p"): each optimizer step updates ONE model.
+A cycle is ``companion_steps()`` companion steps — sample from the generator (no grad, eval mode, KV cache), the
+companion's loss on real + generated rows — then one generator step — fresh samples, the *updated* companion's
+signal from a forward without dropout or grad, the generator's loss. One backward per step, under every engine
+(DDP, DeepSpeed ZeRO-2/3, FSDP2); the optimizer holds per-model parameter groups and steps only the model of the
+step (:meth:`CooperativeTrainer.create_optimizer`). Subclasses implement :meth:`CooperativeTrainer.companion_update`
+and :meth:`CooperativeTrainer.generator_update` (MLE and GENERE, which have no companion model, override
+:meth:`CooperativeTrainer.cooperative_step`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -61,12 +63,14 @@ from ..modeling import (
     resolve_init_kwargs,
     save_module,
     sequence_inputs,
-    unwrap_peft,
 )
 from ..shared_base import GENERATOR_ADAPTER, check_shared_base_peft_config
 from ..sampling import build_generation_config, export_generation_config, generation_mode, sample_completions
 from ..watching import CompletionsLogger, write_completions
 from ..validation import InputError, length_budget_problem
+
+
+ROLE_KEY = "hfcoop_role"  # optimizer param-group key: "generator" or "companion"
 
 
 @dataclass
@@ -128,7 +132,8 @@ class CooperativeConfig(TrainingArguments):
         metadata={
             "help": "Generator and companion as two LoRA adapters (plus a scorer's one-logit head) on ONE frozen base "
             "model instead of two models: needs `peft_config`; the companion starts at the base model. CoT, ψ-MLE, "
-            "GCN. Peak memory at 124M: 1.0-1.12x LoRA-SFT's, a third of the two-model pair's (benchmarks/README)."
+            "GCN. Peak memory at 124M: 1.0-1.31x LoRA-SFT's across measured rounds, about a third of the two-model "
+            "pair's (benchmarks/README)."
         },
     )
     trust_remote_code: bool = field(
@@ -180,8 +185,7 @@ class CooperativeConfig(TrainingArguments):
 
     def needs_unused_parameters(self) -> bool:
         """Whether some parameters can miss a backward pass (DDP must then search for unused parameters): with a
-        companion, each step backpropagates the companion's loss before the generator's forward (two passes, each
-        leaving the other model's parameters unused; ``CooperativeTrainer.pair_forward``)."""
+        companion, each step trains one of the two models and leaves the other's parameters unused."""
         return self.has_learned_companion
 
     def __getstate__(self) -> dict[str, Any]:
@@ -256,6 +260,12 @@ class CooperativeConfig(TrainingArguments):
             raise ValueError(f"shared_base puts a companion model on the generator's base; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = self.needs_unused_parameters()
+        elif not self.ddp_find_unused_parameters and self.needs_unused_parameters():
+            raise ValueError(
+                f"ddp_find_unused_parameters=False cannot train {type(self).__name__.removesuffix('Config')}: each step "
+                "trains one model (the companion, then the generator, as in the papers), so DDP sees the other "
+                "model's parameters unused. Leave ddp_find_unused_parameters unset (hfcoop turns it on)."
+            )
         if self.use_liger_kernel:
             # Trainer patches self.model only when it is one PreTrainedModel; hfcoop's is the pair, so Trainer would
             # skip it with a log line. Patching both models is not done: refused rather than accepted and ignored.
@@ -454,11 +464,27 @@ class CooperativeTrainer(Trainer):
         """Compatibility checks between generator and companion, raised at construction."""
 
     def check_sampling_settings(self, args: CooperativeConfig) -> None:
-        """Algorithms whose objective assumes samples of G itself warn about distorted sampling settings."""
+        """Algorithms whose objective assumes samples of G itself warn about distorted sampling settings
+        (:func:`warn_distorted_sampling`)."""
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One training step's loss; record statistics with :meth:`log_metric`."""
+        """One training step's loss (record statistics with :meth:`log_metric`): the papers' order, a generator
+        update against the companion as the previous steps left it, or a companion update."""
+        if self.is_generator_step():
+            return self.generator_update(model, inputs)
+        return self.companion_update(model, inputs)
+
+    def companion_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A companion step's loss: fresh samples of the generator against the step's real rows."""
         raise NotImplementedError
+
+    def generator_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A generator step's loss, from fresh samples and the updated companion's :meth:`companion_signal`."""
+        raise NotImplementedError
+
+    def companion_steps(self) -> int:
+        """Companion updates before each generator update (CoT's N_m; ψ-MLE and GCN: 1)."""
+        return 1
 
     def save_extra_state(self, output_dir: str) -> None:
         """Algorithm state outside the two models that a checkpoint must hold (e.g. GENERE's mixture logits)."""
@@ -505,47 +531,6 @@ class CooperativeTrainer(Trainer):
         self._sample_calls += 1
         key = f"{self.args.seed}/{self.accelerator.process_index}/{step}/{self._sample_calls}"
         return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
-
-    def pair_forward(
-        self,
-        model: nn.Module,
-        generator: PairInput | None,
-        companion: PairInput,
-        companion_term: Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """The step's forwards: ``(generator logits, companion logits, companion_term(companion logits))``.
-
-        ``companion_term`` maps the companion's logits to its term of the step's loss (no term reaches both models:
-        the generator's loss uses the companion's output detached). Where the engine allows it
-        (:meth:`companion_backward_first`) that term is backpropagated *before* the generator's forward, so the
-        companion's activations are freed before the generator's exist and the step's peak holds one model's
-        activations, not both; the companion's logits and term then come back detached (their gradients are already
-        in ``.grad``) and the loss the caller returns, ``generator term + companion term``, backpropagates into the
-        generator only. Same gradients, same logged loss as the one-forward schedule used otherwise.
-        """
-        if generator is None or not self.companion_backward_first(model):
-            gen_logits, comp_logits = model(generator=generator, companion=companion)
-            return gen_logits, comp_logits, companion_term(comp_logits)
-        _, comp_logits = model(companion=companion)
-        term = companion_term(comp_logits)
-        # Scaled as Trainer.training_step scales the returned loss (outside its loop, e.g. a direct call: unscaled).
-        self.accelerator.backward(term / getattr(self, "current_gradient_accumulation_steps", 1))
-        gen_logits, _ = model(generator=generator)
-        return gen_logits, comp_logits.detach(), term.detach()
-
-    def companion_backward_first(self, model: nn.Module) -> bool:
-        """Whether the step may take two backward passes (companion, then generator): one process, or DDP that
-        tolerates parameters unused by a pass (``ddp_find_unused_parameters``, hfcoop's default for companion
-        trainers). DeepSpeed's and FSDP's engines, DataParallel and compiled models take the one-forward schedule,
-        as does a call without autograd."""
-        from torch.distributed.fsdp import FSDPModule
-        from torch.nn.parallel import DistributedDataParallel
-
-        if not torch.is_grad_enabled():
-            return False
-        if isinstance(model, DistributedDataParallel):
-            return bool(model.find_unused_parameters)
-        return model is self.pair and not isinstance(model, FSDPModule)
 
     @staticmethod
     def lm_inputs(
@@ -709,17 +694,33 @@ class CooperativeTrainer(Trainer):
         """False during ``companion_warmup_steps``: the step then trains the companion alone."""
         return self.state.global_step >= self.args.companion_warmup_steps
 
-    def companion_signal_needs_eval_forward(self) -> bool:
-        """Whether the train-mode companion forward is random (dropout), so that the signal for the generator
-        (mediator logits, r, D) must come from a separate eval-mode forward to be a deterministic target/weight."""
-        companion = self.pair.companion
-        return companion is not None and companion.training and has_active_dropout(companion)
+    def is_generator_step(self) -> bool:
+        """Whether this optimizer step updates the generator (else the companion). After the companion warm-up each
+        cycle is ``companion_steps()`` companion updates, then one generator update: the papers' order, in which
+        the generator always reads the companion *after* its update (CoT Alg. 1 with N_m mediator steps, ψ-MLE
+        Alg. 1, GCN's "train D, then update p"). Without a companion every step is a generator step."""
+        if self.pair.companion is None:
+            return True
+        if not self.generator_learns():
+            return False
+        n = self.companion_steps()
+        return (self.state.global_step - self.args.companion_warmup_steps) % (n + 1) == n
 
-    @contextlib.contextmanager
-    def companion_eval(self) -> Iterator[nn.Module]:
-        """The companion in eval mode (no dropout), without grad, parameters gathered under ZeRO-3."""
-        with torch.no_grad(), generation_mode(self.pair.companion, self.accelerator, self.model_wrapped) as companion:
-            yield companion
+    def companion_signal(self, model: nn.Module, part: PairInput) -> torch.Tensor:
+        """The companion's output that the generator's loss reads (mediator logits, log r, D's logit): a forward of
+        the companion as it stands (updated by the previous step) in eval mode (no dropout: a fixed target and
+        fixed weights, not a random draw) and without grad. It runs through the wrapped model, so DDP, DeepSpeed
+        (ZeRO-3 gathers) and FSDP2 (units unshard) handle it as any forward. In shared-base mode eval mode reaches
+        the shared base model too (:meth:`~hfcoop.shared_base.AdapterCompanion.train`)."""
+        companion = self.pair.companion
+        was_training = companion.training
+        companion.eval()
+        try:
+            with torch.no_grad():
+                _, logits = model(companion=part)
+        finally:
+            companion.train(was_training)
+        return logits
 
     def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
         """Clips the generator's and the companion's gradients to ``max_grad_norm`` *each*; returns the joint norm.
@@ -737,13 +738,18 @@ class CooperativeTrainer(Trainer):
         self.accelerator.unscale_gradients()  # fp16: once, before both clips
         norms = []
         for name, params in pair.role_parameters().items():  # shared base: each adapter with its own model
-            norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.args.max_grad_norm)
+            grads = [p for p in params if p.grad is not None]
+            if not grads:  # the model this step does not train
+                continue
+            norm = torch.nn.utils.clip_grad_norm_(grads, self.args.max_grad_norm)
             self.log_metric(f"{name}/grad_norm", norm)
             norms.append(norm.float())
-        return torch.linalg.vector_norm(torch.stack(norms))
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer, with the companion's parameters in groups of their own learning rate."""
+        """Trainer's optimizer, with the companion's parameters in groups of their own learning rate, each group
+        tagged with its model (``ROLE_KEY``); a step updates only the groups of the model it trains
+        (:meth:`_step_only_the_trained_model`)."""
         optimizer = super().create_optimizer(model)
         companion = self.pair.companion
         if companion is None:
@@ -757,9 +763,25 @@ class CooperativeTrainer(Trainer):
             for is_companion in (False, True):
                 params = [p for p in group["params"] if (id(p) in companion_ids) == is_companion]
                 if params:
-                    groups.append({**group, "params": params, **({"lr": companion_lr} if is_companion else {})})
+                    role = {ROLE_KEY: "companion" if is_companion else "generator"}
+                    groups.append({**group, "params": params, **role, **({"lr": companion_lr} if is_companion else {})})
         optimizer.param_groups = groups
+        if not getattr(optimizer, "_hfcoop_role_hook", False):
+            optimizer.register_step_pre_hook(self._step_only_the_trained_model)
+            optimizer._hfcoop_role_hook = True
         return optimizer
+
+    def _step_only_the_trained_model(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Before each optimizer step: the other model's gradients become None, so the optimizer skips its
+        parameters (no momentum drift, no weight decay, its Adam state untouched). Alone or under DDP they are
+        None already; DeepSpeed's ZeRO optimizers hand the inner optimizer zero-filled flat partitions instead,
+        whose step would move the idle model by its momentum. The hook sits on the inner torch optimizer, whose
+        groups (and tags) DeepSpeed keeps."""
+        trained = "generator" if self.is_generator_step() else "companion"
+        for group in optimizer.param_groups:
+            if group.get(ROLE_KEY, trained) != trained:
+                for p in group["params"]:
+                    p.grad = None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
@@ -918,18 +940,15 @@ class _ExportOnlyApi:
         return self._api.upload_folder(folder_path=folder_path, path_in_repo=path_in_repo, **kwargs)
 
 
-def has_active_dropout(module: nn.Module) -> bool:
-    """Whether a forward of ``module`` in its current mode draws dropout masks (dropout modules with p > 0, or an
-    attention-dropout rate that the attention function applies in train mode, as Llama-style models do)."""
-    if not module.training:
-        return False
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules()):
-        return True
-    base = unwrap_peft(module)
-    config = getattr(base, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    rates = [getattr(text, k, 0) for k in ("attention_dropout", "attn_dropout", "dropout")]
-    return any(isinstance(r, (int, float)) and r > 0 for r in rates)
+def warn_distorted_sampling(args: CooperativeConfig, algorithm: str, consequence: str) -> None:
+    """Warns when the training samples come from a distorted G' (temperature != 1, top-k, top-p) although the
+    algorithm's estimators assume samples of G itself; ``consequence`` says what that biases."""
+    if args.temperature != 1.0 or args.top_k or args.top_p < 1.0:
+        warnings.warn(
+            f"{algorithm} with temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}: {consequence} "
+            "Use plain sampling (1.0, 0, 1.0) unless you mean it.",
+            stacklevel=5,
+        )
 
 
 def check_hub_token(token: str | None) -> None:

@@ -4,19 +4,19 @@
         for N_m steps:  mix equal batches {s_g} ~ G and {s_p} ~ p_data; update M with Eq. (9)
         generate {s} ~ G; update G with Eq. (14)
 
-Here every optimizer step updates the mediator on the step's real batch and an equal batch of fresh samples;
-every ``mediator_steps``-th step also updates the generator on those same samples, with the mediator's
-(detached) next-token distributions from the same forward pass.
+In this order: ``mediator_steps`` (N_m) optimizer steps each update the mediator alone on the step's real batch and
+an equal batch of fresh samples; the next optimizer step updates the generator alone, on fresh samples, against
+the *updated* mediator's (detached, dropout-free) next-token distributions (``CooperativeTrainer.is_generator_step``).
+A mediator that starts as a copy of G therefore gives the first generator step a signal (a generator step against
+the copy itself would have KL(G‖M) = 0 and a zero gradient).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -30,9 +30,9 @@ from ..losses import (
     per_token_kl,
     scale_to_token_budget,
 )
-from ..modeling import check_same_vocabulary, completion_logits, load_causal_lm, sequence_inputs
+from ..modeling import check_same_vocabulary, load_causal_lm
 from ..shared_base import add_companion_adapter
-from .base import CooperativeConfig, CooperativeTrainer
+from .base import CooperativeConfig, CooperativeTrainer, warn_distorted_sampling
 
 COT_CITATION = """@inproceedings{lu2019cot,
   title     = {{CoT}: Cooperative Training for Generative Modeling of Discrete Data},
@@ -51,7 +51,8 @@ class CoTConfig(CooperativeConfig):
         metadata={"help": "Learning rate of the mediator (None: the generator's; the paper found equal rates best)."},
     )
     mediator_steps: int = field(
-        default=1, metadata={"help": "N_m of Algorithm 1: mediator updates per generator update."}
+        default=1,
+        metadata={"help": "N_m of Algorithm 1: mediator-only optimizer steps before each generator-only step."},
     )
     gamma: float = field(
         default=0.0,
@@ -104,13 +105,8 @@ class CoTTrainer(CooperativeTrainer):
     def check_sampling_settings(self, args: CoTConfig) -> None:
         # Both objectives are expectations under G itself: the mediator must fit (p_data + G)/2 and the generator's
         # KL(G||M) is taken on G's samples. Distorted samples bias both.
-        if args.temperature != 1.0 or args.top_k or args.top_p < 1.0:
-            warnings.warn(
-                f"CoT with temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}: the mediator then "
-                "learns (p_data + G')/2 for the distorted sampler G' and the generator's KL(G||M) is estimated on G' "
-                "samples, which biases both objectives. Use plain sampling (1.0, 0, 1.0) unless you mean it.",
-                stacklevel=3,
-            )
+        warn_distorted_sampling(args, "CoT", "the mediator then learns (p_data + G')/2 for the distorted sampler G' "
+                                "and the generator's KL(G||M) is estimated on G' samples, which biases both objectives.")
 
     def build_companion(self, companion: Any, generator: PreTrainedModel, tokenizer: Any, args: Any) -> nn.Module:
         companion = self.companion_checkpoint(companion, generator, args)
@@ -125,50 +121,47 @@ class CoTTrainer(CooperativeTrainer):
     def check_pair(self, generator: nn.Module, companion: nn.Module | None, tokenizer: Any) -> None:
         check_same_vocabulary(generator, companion, tokenizer, "mediator")
 
-    def is_generator_step(self) -> bool:
-        # N_m counts from the end of the companion warm-up.
-        step = self.state.global_step - self.args.companion_warmup_steps
-        return self.generator_learns() and step % self.args.mediator_steps == self.args.mediator_steps - 1
+    def companion_steps(self) -> int:
+        return self.args.mediator_steps
 
-    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def companion_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Alg. 1, lines 4-6: the mediator on the balanced batch {s_p} ∪ {s_g}, Eq. (9)."""
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
         gen_ids, gen_mask = self.sample(prompt_ids, prompt_mask)
-        batch, gen_len = gen_ids.shape
-        pad_id = self.processing_class.pad_token_id
+        batch = real_ids.shape[0]
+        med_ids, med_mask = concat_rows([(real_ids, real_mask), (gen_ids, gen_mask)], self.processing_class.pad_token_id)
+        # Packed logits: only the masked-in tokens go through the LM head and the full-vocabulary loss ((N, V) rows,
+        # row-major); padding is often a third of the block (benchmarks/README.md).
+        part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask, packed=True)
+        _, med_logits = model(companion=part)
+        med_logprobs = packed_token_logprobs(med_logits, med_ids, med_mask)
+        loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
+        self.log_metric("companion/loss", loss_m)  # Sec. 4.1.2: the live progress indicator
+        self.log_metric("companion/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
+        self.log_metric("companion/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
+        if self.completions_step():  # the table's KL(G||M) of each sample, before this step's update
+            self.record_completions(prompt_ids, gen_ids, gen_mask,
+                                    kl_per_token=self._sample_kl(model, prompt_ids, prompt_mask, gen_ids, gen_mask))
+        return scale_to_token_budget(loss_m, self.args.max_completion_length)
 
-        # Mediator: one forward over the balanced batch {s_p} ∪ {s_g} (Alg. 1, lines 4-6).
-        med_ids, med_mask = concat_rows([(real_ids, real_mask), (gen_ids, gen_mask)], pad_id)
-        # Packed logits: only the masked-in tokens go through the LM heads and the full-vocabulary losses ((N, V)
-        # rows, row-major); per-token values are scattered back with zeros where the mask is 0, positions the
-        # losses multiply by 0 anyway. Same loss values; padding is often a third of the block (benchmarks/README.md).
-        med_part = self.lm_inputs(prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), med_ids, med_mask, packed=True)
-        train_generator = self.is_generator_step()
-        gen_part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask, packed=True) if train_generator else None
+    def _sample_kl(self, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_ids: torch.Tensor,
+                   gen_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """KL(G||M) per token of each sample (no grad): the completions table's score on a mediator step."""
+        part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask, packed=True)
+        with torch.no_grad():
+            gen_logits, med_logits = model(generator=part, companion=part)
+        kl = unpack_tokens(per_token_kl(gen_logits[None], med_logits[None], self.args.kl_chunk_size)[0], gen_mask)
+        return (kl * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
 
-        def mediator_term(med_logits: torch.Tensor) -> torch.Tensor:
-            med_logprobs = packed_token_logprobs(med_logits, med_ids, med_mask)
-            loss_m = mediator_loss(med_logprobs[:batch], med_mask[:batch], med_logprobs[batch:], med_mask[batch:])
-            self.log_metric("companion/loss", loss_m)  # Sec. 4.1.2: the live progress indicator
-            self.log_metric("companion/nll_real", -(med_logprobs[:batch] * med_mask[:batch]).sum(-1).mean())
-            self.log_metric("companion/nll_generated", -(med_logprobs[batch:] * med_mask[batch:]).sum(-1).mean())
-            return scale_to_token_budget(loss_m, self.args.max_completion_length)
-
-        gen_logits, med_logits, loss_m = self.pair_forward(model, gen_part, med_part, mediator_term)
-        if not train_generator:  # no generator logits this step: the table shows the samples without their KL
-            self.record_completions(prompt_ids, gen_ids, gen_mask)
-            return loss_m
-
-        # Generator: Eq. (14) on its own samples, against the mediator's detached distributions (line 9).
-        # The generated rows' tokens are the last ones of the mediator's packed rows, in the generator's order.
-        n_gen = gen_logits.shape[0]
-        med_gen_logits = med_logits[med_logits.shape[0] - n_gen :].detach()
-        if self.companion_signal_needs_eval_forward():  # the target without dropout (M's own loss keeps it)
-            with self.companion_eval() as mediator:
-                med_gen_logits = completion_logits(
-                    mediator, sequence_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask), gen_len, gen_mask
-                )
-        kl = per_token_kl(gen_logits.unsqueeze(0), med_gen_logits.unsqueeze(0), self.args.kl_chunk_size).squeeze(0)
+    def generator_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Alg. 1, lines 7-9: fresh samples {s} ~ G, Eq. (14) against the updated mediator's distributions."""
+        prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        gen_ids, gen_mask = self.sample(prompt_ids, prompt_mask)
+        part = self.lm_inputs(prompt_ids, prompt_mask, gen_ids, gen_mask, packed=True)
+        med_logits = self.companion_signal(model, part)
+        gen_logits, _ = model(generator=part)
+        kl = per_token_kl(gen_logits.unsqueeze(0), med_logits.unsqueeze(0), self.args.kl_chunk_size).squeeze(0)
         kl = unpack_tokens(kl, gen_mask)
         gen_logprobs = None
         if self.args.gamma:
@@ -178,4 +171,4 @@ class CoTTrainer(CooperativeTrainer):
         self.log_metric("generator/kl_per_token", masked_token_mean(kl.detach(), gen_mask))
         kl_per_sample = (kl.detach() * gen_mask).sum(-1) / gen_mask.sum(-1).clamp(min=1)
         self.record_completions(prompt_ids, gen_ids, gen_mask, kl_per_token=kl_per_sample)
-        return scale_to_token_budget(loss_g, self.args.max_completion_length) + loss_m
+        return scale_to_token_budget(loss_g, self.args.max_completion_length)

@@ -6,8 +6,10 @@
         3. generate M samples y_i ~ q̂  (a proposal for q ∝ p_theta · D)
         4. θ ← θ + ε / (Σ_i w_i) Σ_i w_i ∇θ log p_theta(y_i),   w_i = q(y_i) / q̂(y_i)
 
-Each optimizer step does 2 and 4: D on the real batch and the step's samples from p_theta, then the generator on
-the samples of q̂ with self-normalised weights computed from the same (detached) D scores.
+In this order, one model per optimizer step: a step trains D (2) on the real batch and fresh samples of p_theta;
+the next step draws q̂'s samples (3; the resampling and MCTS proposals use the *updated* D) and updates the
+generator (4) with self-normalised weights from the updated D (a dropout-free forward without grad;
+``CooperativeTrainer.is_generator_step``).
 
 Importance weights per ``sampler`` (q̂), for ``weighting="d"`` (q ∝ p·D) / ``"ratio"`` (q ∝ p·D/(1-D)):
 
@@ -28,13 +30,12 @@ and over the whole micro-batch for unconditional data (every prompt is BOS).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch import nn
 
 from ..batching import pad_to_common_width
-from ..cooperative_decoding import mcts_decode, resample_indices, resample_log_weights
+from ..cooperative_decoding import check_mcts_simulations, mcts_decode, resample_indices, resample_log_weights
 from ..losses import (
     GCN_SAMPLERS,
     GCN_WEIGHTINGS,
@@ -48,8 +49,8 @@ from ..losses import (
     weighted_nll_loss,
 )
 from ..sampling import generation_mode
-from ..scorers import ScorerCompanionMixin, SequenceScorer, scorer_logits
-from .base import CooperativeConfig, CooperativeTrainer
+from ..scorers import ScorerCompanionMixin, SequenceScorer
+from .base import CooperativeConfig, CooperativeTrainer, warn_distorted_sampling
 
 GCN_CITATION = """@inproceedings{lamprier2022gcn,
   title     = {Generative Cooperative Networks for Natural Language Generation},
@@ -96,9 +97,13 @@ class GCNConfig(CooperativeConfig):
             "update on exact p_theta samples, without the zero-mean noise an uninformative D leaves."
         },
     )
-    num_simulations: int = field(default=8, metadata={"help": "MCTS simulations per generated token ('mcts')."})
+    num_simulations: int = field(
+        default=8,
+        metadata={"help": "MCTS simulations per generated token ('mcts'); more than mcts_top_k, else D never guides "
+                  "the pick (check_mcts_simulations)."},
+    )
     mcts_top_k: int = field(
-        default=10, metadata={"help": "Children per MCTS node: the generator's top-k tokens, as PUCT priors."}
+        default=4, metadata={"help": "Children per MCTS node: the generator's top-k tokens, as PUCT priors."}
     )
     c_puct: float = field(default=1.0, metadata={"help": "Exploration constant of PUCT ('mcts')."})
     mcts_visit_temperature: float = field(
@@ -128,6 +133,8 @@ class GCNConfig(CooperativeConfig):
             raise ValueError(f"mle_weight must be in [0, 1], got {self.mle_weight}.")
         if self.num_candidates < 1 or self.num_simulations < 1 or self.mcts_top_k < 1:
             raise ValueError("num_candidates, num_simulations and mcts_top_k must be >= 1.")
+        if self.sampler == "mcts":
+            check_mcts_simulations(self.num_simulations, self.mcts_top_k, ("num_simulations", "mcts_top_k"))
         if self.weight_baseline and self.sampler != "model":
             raise ValueError(f"weight_baseline needs sampler='model' (the {self.sampler!r} samples all weigh 1, so a "
                              "baseline would cancel the whole update).")  # fmt: skip
@@ -169,23 +176,25 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 "num_candidates=1 would give every sample weight 1 (no discriminator signal): use num_candidates >= 2."
             )
 
+    def check_sampling_settings(self, args: GCNConfig) -> None:
+        # D learns real vs samples of p_theta and the weights w = q/q̂ assume q̂ = p_theta (or candidates from it).
+        warn_distorted_sampling(args, "GCN", "D then learns real vs samples of the distorted sampler p' and the "
+                                "weights w = q/q̂ assume samples of p_theta itself, which biases the generator's update.")
+
     # ----------------------------------------------------------------- q̂ samplers (no grad)
     def _discriminator_scores(self) -> SequenceScorer:
         return SequenceScorer(self.pair.companion, self.scorer_inputs)
 
     def sample_proposal(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Samples for D (from p_theta) and for the generator (from q̂).
-
-        Returns ``(neg_ids, neg_mask, train_ids, train_mask, train_rows)``: D's generated batch, q̂'s samples and,
-        for each q̂ sample, its prompt's row. For ``"model"`` both are the same ``num_candidates`` samples per prompt.
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q̂'s samples for the generator (step 3): ``(ids, mask, rows)``, ``rows[i]`` the prompt row of sample i.
+        'model': ``num_candidates`` samples of p_theta per prompt; 'resample' / 'mcts': one per prompt, from
+        candidates resampled by D or from the search guided by D (the updated D: this runs in generator steps)."""
         args, batch = self.args, prompt_ids.shape[0]
         if args.sampler == "model":
             ids, mask = self.sample(prompt_ids, prompt_mask, args.num_candidates)
-            rows = torch.arange(batch, device=ids.device).repeat_interleave(args.num_candidates)
-            return ids, mask, ids, mask, rows
+            return ids, mask, torch.arange(batch, device=ids.device).repeat_interleave(args.num_candidates)
         rows = torch.arange(batch, device=prompt_ids.device)
         if args.sampler == "resample":
             k = args.num_candidates
@@ -196,12 +205,10 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 )
             log_w = resample_log_weights(logits, args.weighting)
             picked = resample_indices(log_w.view(batch, k)).squeeze(1)
-            chosen = rows * k + picked
-            first = rows * k  # the first candidate of each prompt: an unbiased p_theta sample for D
             probs = torch.softmax(log_w.view(batch, k), dim=1)
             self.log_metric("samples/resample_ess", (1.0 / probs.pow(2).sum(1) / k).mean())  # Kish ESS / K per prompt
-            return cand_ids[first], cand_mask[first], cand_ids[chosen], cand_mask[chosen], rows
-        neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask)  # D's negatives stay plain p_theta samples
+            chosen = rows * k + picked
+            return cand_ids[chosen], cand_mask[chosen], rows
         pair = self.pair
         # D scores prefixes inside the generator's sampling context: gathered with it under ZeRO-3.
         with generation_mode(pair.generator, self.accelerator, self.model_wrapped, scorers=(pair.companion,)) as g:
@@ -213,62 +220,51 @@ class GCNTrainer(ScorerCompanionMixin, CooperativeTrainer):
                 visit_temperature=args.mcts_visit_temperature, filter_top_k=args.top_k, top_p=args.top_p,
             )  # fmt: skip
         self.log_metric("samples/mcts_completion_length", mask.sum(1).float().mean())
-        return neg_ids, neg_mask, ids, mask, rows
+        return ids, mask, rows
 
     # ----------------------------------------------------------------- one step
-    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def companion_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Step 2: D on the real batch vs plain p_theta samples (``num_candidates`` per prompt for 'model')."""
+        prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
+        batch = real_ids.shape[0]
+        k = self.args.num_candidates if self.args.sampler == "model" else 1
+        neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask, k)
+        neg_rows = torch.arange(batch, device=neg_ids.device).repeat_interleave(k)
+        (real_ids, real_mask), (neg_ids, neg_mask) = pad_to_common_width(
+            [(real_ids, real_mask), (neg_ids, neg_mask)], self.processing_class.pad_token_id
+        )
+        d_rows = torch.cat([torch.arange(batch, device=neg_rows.device), neg_rows])
+        _, d_logits = model(companion=self.companion_inputs(
+            prompt_ids[d_rows], prompt_mask[d_rows], torch.cat([real_ids, neg_ids]), torch.cat([real_mask, neg_mask])
+        ))  # fmt: skip
+        return self._discriminator_loss(d_logits, batch, prompt_ids[neg_rows], neg_ids, neg_mask)
+
+    def generator_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Steps 3-4: q̂'s samples and weighted MLE with self-normalised w = q/q̂ from the updated D (module
+        docstring), plus λ teacher-forced MLE on the real batch."""
         args = self.args
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
         batch = real_ids.shape[0]
-        train_generator = self.generator_learns()
-        samples = self._step_samples(prompt_ids, prompt_mask, train_generator)
-        neg_ids, neg_mask, train_ids, train_mask, train_rows = samples
+        train_ids, train_mask, train_rows = self.sample_proposal(prompt_ids, prompt_mask)
         n_train = train_ids.shape[0]
-        neg_rows = train_rows if args.sampler == "model" else torch.arange(batch, device=neg_ids.device)
-
-        # D: real vs generated (step 2). Generator: q̂ samples (step 4) and, with λ > 0, the real batch (MLE).
-        (real_ids, real_mask), (neg_ids, neg_mask), (train_ids, train_mask) = pad_to_common_width(
-            [(real_ids, real_mask), (neg_ids, neg_mask), (train_ids, train_mask)], self.processing_class.pad_token_id
-        )
-        d_rows = torch.cat([torch.arange(batch, device=neg_rows.device), neg_rows])
-        d_part = self.companion_inputs(
-            prompt_ids[d_rows], prompt_mask[d_rows], torch.cat([real_ids, neg_ids]), torch.cat([real_mask, neg_mask])
-        )
+        d_train = torch.zeros(n_train, device=train_ids.device)
+        if args.sampler == "model":  # D of the samples (the other samplers' weights are 1)
+            d_train = self.companion_signal(model, self.companion_inputs(
+                prompt_ids[train_rows], prompt_mask[train_rows], train_ids, train_mask)).squeeze(-1).float()  # fmt: skip
+            self.record_completions(prompt_ids[train_rows], train_ids, train_mask, D=torch.sigmoid(d_train))
         g_ids, g_mask, g_rows = train_ids, train_mask, train_rows
         if args.mle_weight > 0:
+            (train_ids, train_mask), (real_ids, real_mask) = pad_to_common_width(
+                [(train_ids, train_mask), (real_ids, real_mask)], self.processing_class.pad_token_id
+            )
             g_ids, g_mask = torch.cat([train_ids, real_ids]), torch.cat([train_mask, real_mask])
             g_rows = torch.cat([train_rows, torch.arange(batch, device=train_rows.device)])
-        g_part = (self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask, packed=True)
-                  if train_generator else None)  # packed: the LM head on masked-in tokens only
-        discriminator_term = partial(self._discriminator_loss, batch=batch, neg_prompts=prompt_ids[neg_rows],
-                                     neg_ids=neg_ids, neg_mask=neg_mask)  # fmt: skip
-        gen_logits, d_logits, loss_d = self.pair_forward(model, g_part, d_part, discriminator_term)
-        if not train_generator:
-            return loss_d
-
-        # Weighted MLE on q̂'s samples with self-normalised w = q/q̂ (see the module docstring).
-        d_train = torch.zeros(n_train, device=d_logits.device)
-        if args.sampler == "model":  # D of the samples, from a dropout-free forward (D's own loss keeps dropout)
-            d_train = d_logits.squeeze(-1).float()[batch:].detach()
-            if self.companion_signal_needs_eval_forward():
-                with self.companion_eval() as discriminator:
-                    d_train = scorer_logits(discriminator, self.companion_inputs(
-                        prompt_ids[neg_rows], prompt_mask[neg_rows], neg_ids, neg_mask)["inputs"])  # fmt: skip
+        gen_logits, _ = model(generator=self.lm_inputs(prompt_ids[g_rows], prompt_mask[g_rows], g_ids, g_mask,
+                                                       packed=True))  # packed: the LM head on masked-in tokens only
         loss_g = self._generator_loss(packed_token_logprobs(gen_logits, g_ids, g_mask), n_train, d_train, train_rows)
-        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_d
-
-    def _step_samples(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, train_generator: bool
-    ) -> tuple[torch.Tensor, ...]:
-        """(D's negatives ids, mask, the generator's q̂ samples ids, mask, their prompt rows)."""
-        if train_generator:
-            return self.sample_proposal(prompt_ids, prompt_mask)
-        # Companion warm-up: D alone, on the plain p_theta negatives it always sees (no q̂ search).
-        k = self.args.num_candidates if self.args.sampler == "model" else 1
-        neg_ids, neg_mask = self.sample(prompt_ids, prompt_mask, k)
-        train_rows = torch.arange(prompt_ids.shape[0], device=neg_ids.device).repeat_interleave(k)
-        return neg_ids, neg_mask, neg_ids[:0], neg_mask[:0], train_rows
+        return scale_to_token_budget(loss_g, args.max_completion_length)
 
     def _discriminator_loss(
         self, d_logits: torch.Tensor, batch: int, neg_prompts: torch.Tensor, neg_ids: torch.Tensor,

@@ -40,11 +40,20 @@ Algorithm 2 and is left out, as there.)
   grows more negative with every token, so among black boxes whose outputs differ in length from the data the
   mixture drifts to the generator with the *shortest* outputs, not to the matching one (and the model then learns
   it, which reinforces the drift). The default rewards the per-token log-likelihood ``log pθ(y|x) / |y|`` (EOS
-  counted), rescaled by the mean length of the micro-batch's rows: it ranks generators by how well their tokens fit,
-  whatever their lengths, on the summed reward's scale (a plain per-token mean is ~|y| times smaller, and with the
-  paper's η_γ and shrinkage it moved π ~10x too slowly: π_match 0.29 vs 0.97 on the text-to-equation task,
+  counted), rescaled by the mean ``|y|`` over *all* rows of the optimizer step (every micro-batch and process,
+  :func:`~hfcoop.losses.genere_length_scale`): one constant per step, so γ's update is the same whatever the
+  micro-batch size, gradient accumulation or process count (a per-micro-batch mean made it depend on them: at
+  micro-batch 1 it was the paper's summed reward). It ranks generators by how well their tokens fit, whatever their
+  lengths, on the summed reward's scale (a plain per-token mean is ~|y| times smaller, and with the paper's η_γ and
+  shrinkage it moved π ~10x too slowly: π_match 0.29 vs 0.97 on the text-to-equation task,
   ``benchmarks/results/genere_fig1_probe_*.md``); ``"sum"`` keeps the paper's. The paper's η_γ = 0.1 and
   shrinkage 0.99 are the defaults.
+- *Fixed point*: without shrinkage γ stops moving when ``E[(r(y) - µ) Δ] = 0``, i.e. when no generator's rows
+  score above the mixture's mean reward. With the paper's summed reward ``r = log pθ(y|x)`` the mixture settles on
+  the generators of highest *total* log-likelihood (the shortest outputs, other things equal); with the default
+  ``r = L̄ · log pθ(y|x) / |y|`` (``L̄`` the step's mean length, the same for every row of the step) on those of
+  highest *per-token* log-likelihood, whose tokens the model trained on the data finds most likely. Shrinkage
+  0.99 pulls γ toward 0 at every step, so π stops short of a vertex in both.
 - *µ*: once per optimizer step, ``µ <- α µ + (1-α) mean log pθ(y|x)`` over the step's rows, real and generated
   (line 11; µ tracks the log-likelihood under the mixture P̃γ). The γ update of a step uses µ from before the
   step; the first active step initialises µ to its own mean instead of an arbitrary constant.
@@ -76,6 +85,7 @@ from ..losses import (
     genere_baseline_update,
     genere_gamma_scores,
     genere_gamma_update,
+    genere_length_scale,
     genere_mixture_proportions,
     genere_sampling_probs,
     masked_token_mean,
@@ -133,8 +143,9 @@ class GenereConfig(CooperativeConfig):
         default="per_token",
         metadata={
             "help": "The reward of a generated row in the γ update (and the baseline µ): 'per_token' = log pθ(y|x) / "
-            "|y| times the micro-batch's mean |y| (default: robust to generators whose outputs are shorter or longer "
-            "than the data, on the sum's scale) or 'sum' = log pθ(y|x), the paper's, which favours the generator "
+            "|y| times the optimizer step's mean |y| over all its rows (default: the same γ whatever the batch "
+            "layout; robust to generators whose outputs are shorter or longer than the data, on the sum's scale) or "
+            "'sum' = log pθ(y|x), the paper's, which favours the generator "
             "with the shortest outputs."
         },
     )
@@ -344,7 +355,8 @@ class GenereTrainer(CooperativeTrainer):
 
     # ----------------------------------------------------------------- Algorithm 2
     def _reset_step_stats(self) -> None:
-        self._step_logprobs: list[torch.Tensor] = []  # every row's log pθ(y|x) in this optimizer step
+        self._step_logprobs: list[torch.Tensor] = []  # every row's reward before the length scale, this step
+        self._step_lengths: list[torch.Tensor] = []  # every row's |y| (EOS counted)
         self._step_generated: list[tuple[torch.Tensor, torch.Tensor]] = []  # (log pθ, Δ) of generated rows
 
     def _mixing_active(self) -> bool:
@@ -398,12 +410,11 @@ class GenereTrainer(CooperativeTrainer):
         loss = mle_loss(logprobs, mask)  # line 10: MLE on the mixture (exactly MLETrainer's loss)
         if active:
             row_logprobs = (logprobs.detach() * mask).sum(-1).to("cpu", torch.float64)
+            lengths = mask.sum(-1).clamp(min=1).to("cpu", torch.float64)
             if self.args.likelihood_normalization == "per_token":  # a generator's output length must not decide
-                lengths = mask.sum(-1).clamp(min=1).to("cpu", torch.float64)
-                # Per token, rescaled by the rows' mean length: the ranking is by fit per token, the scale stays
-                # the summed log-likelihood's, for which the paper's η_γ = 0.1 is tuned.
-                row_logprobs = row_logprobs / lengths * lengths.mean()
+                row_logprobs = row_logprobs / lengths  # rescaled at the step's end (genere_length_scale)
             self._step_logprobs.append(row_logprobs)
+            self._step_lengths.append(lengths)
             if generated:
                 self._step_generated.append((row_logprobs[generated], deltas))
         if self.accelerator.sync_gradients:  # last micro-batch of this optimizer step
@@ -411,18 +422,20 @@ class GenereTrainer(CooperativeTrainer):
         return scale_to_token_budget(loss, self.args.max_completion_length)
 
     def _end_of_step(self, active: bool) -> None:
-        """Lines 8 and 11, once per optimizer step, over every micro-batch and process of the step."""
+        """Lines 8 and 11, once per optimizer step, over every micro-batch and process of the step: the update
+        depends on the step's rows only, not on how they are split into micro-batches and processes."""
         if active and self._step_logprobs:
-            logprobs = torch.cat(self._step_logprobs)
             k = len(self.generators)
+            lengths, rewards = torch.cat(self._step_lengths), torch.cat(self._step_logprobs)
+            totals = self._reduce_sum(torch.stack([lengths.sum(), torch.tensor(float(len(lengths))), rewards.sum()]))
+            scale = genere_length_scale(self.args.likelihood_normalization, totals[0], totals[1])
             if self._step_generated:
-                gen_logprobs = torch.cat([lp for lp, _ in self._step_generated])
+                gen_logprobs = torch.cat([lp for lp, _ in self._step_generated]) * scale
                 gen_deltas = torch.cat([d for _, d in self._step_generated])
             else:
                 gen_logprobs, gen_deltas = torch.zeros(0, dtype=torch.float64), torch.zeros(0, k, dtype=torch.float64)
             # µ is needed before the scores; the first active step uses its own mean (all processes).
-            totals = self._reduce_sum(torch.stack([logprobs.sum(), torch.tensor(float(len(logprobs)))]))
-            step_mean = totals[0] / totals[1]
+            step_mean = totals[2] * scale / totals[1]
             if not self._baseline_initialized:
                 self._baseline, self._baseline_initialized = step_mean.clone(), True
             scores = genere_gamma_scores(gen_logprobs, self._baseline, gen_deltas, self.args.perturbation_std)

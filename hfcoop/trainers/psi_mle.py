@@ -5,10 +5,11 @@
         update the density-ratio estimator r_ψ with the Bregman objective           (lines 6-9, Eq. 11, Table 4)
         update p_theta by MLE on {z} weighted by r_ψ(z), self-normalised, flattened  (lines 10-13, Eq. 7, 18, 19)
 
-Each optimizer step does both updates: r_ψ (a one-logit sequence scorer, ``log r = logit``) on the real batch and
-an equal batch of fresh samples, then the generator on the same sequences. The mixture is taken
-in expectation rather than by drawing: real rows count ``m``, generated rows ``1 - m`` (same expectation as
-line 5's random mix, lower variance, deterministic).
+In this order, one model per optimizer step: a step updates r_ψ (a one-logit sequence scorer, ``log r = logit``) on
+the real batch and an equal batch of fresh samples; the next step updates the generator on its real batch and
+fresh samples, weighted by the *updated* r_ψ (a dropout-free forward without grad;
+``CooperativeTrainer.is_generator_step``). The mixture is taken in expectation rather than by drawing: real rows
+count ``m``, generated rows ``1 - m`` (same expectation as line 5's random mix, lower variance, deterministic).
 
 Which ratio r_ψ learns (``ratio_target``): Table 4 / Eq. 11 contrast ``p_data`` with ``p_mix`` (default,
 ``r = p_data / p_mix``, exactly the importance weight that Eq. 8 needs for mixture samples); Algorithm 1 line 8
@@ -34,7 +35,7 @@ from ..losses import (
     scale_to_token_budget,
     weighted_nll_loss,
 )
-from ..scorers import ScorerCompanionMixin, scorer_logits
+from ..scorers import ScorerCompanionMixin
 from .base import CooperativeConfig, CooperativeTrainer
 
 PSI_MLE_CITATION = """@inproceedings{song2020psimle,
@@ -156,61 +157,57 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
         super().__init__(model, ratio_model, args, train_dataset, eval_dataset, processing_class, peft_config,
                          callbacks, optimizers, compute_metrics, preprocess_logits_for_metrics)  # fmt: skip
 
-    def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        args = self.args
-        m = args.mixture_weight
+    def _mixture_batch(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """{y} ∪ {x}: the real rows, then as many fresh samples x ~ p_theta (Alg. 1, lines 3-5), with their prompts
+        and mixture weights (real ``m``, generated ``1 - m``, over the batch size)."""
+        m = self.args.mixture_weight
         prompt_ids, prompt_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         real_ids, real_mask = inputs["completion_input_ids"], inputs["completion_mask"]
-        gen_ids, gen_mask = self.sample(prompt_ids, prompt_mask)  # x ~ p_theta (Alg. 1, line 3)
+        gen_ids, gen_mask = self.sample(prompt_ids, prompt_mask)
         batch = real_ids.shape[0]
-
-        # One batch {y} ∪ {x}: the ratio model scores all of it; the generator trains on the rows of nonzero mixture
-        # weight (both unless m is 0 or 1).
         ids, mask = concat_rows([(real_ids, real_mask), (gen_ids, gen_mask)], self.processing_class.pad_token_id)
-        prompts, prompts_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
         mix = torch.cat([ids.new_full((batch,), 1) * m, ids.new_full((batch,), 1) * (1 - m)]).float() / batch
-        rows = torch.nonzero(mix > 0).squeeze(1)
-        train_generator = self.generator_learns()
-        gen_part = (self.lm_inputs(prompts[rows], prompts_mask[rows], ids[rows], mask[rows], packed=True)
-                    if train_generator else None)  # packed: the LM head on masked-in tokens only
+        return prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1), ids, mask, mix
 
-        def ratio_term(ratio_logits: torch.Tensor) -> torch.Tensor:  # the Bregman objective (Alg. 1, lines 6-9)
-            log_r = ratio_logits.squeeze(-1).float()
-            check_finite_log_ratios(log_r)
-            loss_r = psi_mle_ratio_loss(log_r[:batch], log_r[batch:], args.bregman_f, args.ratio_target, m)
-            if not torch.isfinite(loss_r):
-                check_finite_log_ratios(torch.exp(log_r), "ratio model's exp(log-ratio)")
-                raise FloatingPointError(
-                    f"ψ-MLE: non-finite Bregman objective ({args.bregman_f}); lower ratio_learning_rate."
-                )
-            return loss_r  # per sequence: not scaled to the token budget
-
-        ratio_part = self.companion_inputs(prompts, prompts_mask, ids, mask)
-        gen_logits, ratio_logits, loss_r = self.pair_forward(model, gen_part, ratio_part, ratio_term)
+    def companion_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The Bregman objective of r_ψ on {y} ∪ {x} (Alg. 1, lines 6-9)."""
+        args = self.args
+        prompts, prompts_mask, ids, mask, _ = self._mixture_batch(inputs)
+        batch = ids.shape[0] // 2
+        _, ratio_logits = model(companion=self.companion_inputs(prompts, prompts_mask, ids, mask))
         log_r = ratio_logits.squeeze(-1).float()
+        check_finite_log_ratios(log_r)
+        loss_r = psi_mle_ratio_loss(log_r[:batch], log_r[batch:], args.bregman_f, args.ratio_target, args.mixture_weight)
+        if not torch.isfinite(loss_r):
+            check_finite_log_ratios(torch.exp(log_r), "ratio model's exp(log-ratio)")
+            raise FloatingPointError(f"ψ-MLE: non-finite Bregman objective ({args.bregman_f}); lower ratio_learning_rate.")
         ratio = torch.exp(log_r.detach())
         self.log_metric("companion/loss", loss_r.detach())
         self.log_metric("companion/ratio_mean_real", ratio[:batch].mean())
         self.log_metric("companion/ratio_mean_generated", ratio[batch:].mean())
         self.log_metric("companion/ratio_max", ratio.max())
-        self.record_completions(prompt_ids, gen_ids, gen_mask, r=ratio[batch:])
-        if not train_generator:
-            return loss_r
+        self.record_completions(inputs["prompt_input_ids"], ids[batch:], mask[batch:], r=ratio[batch:])
+        return loss_r  # per sequence: not scaled to the token budget
 
-        # Generator: MLE on the mixture weighted by p_data/p_mix (Eq. 7-8), self-normalised (18), flattened (19).
-        # The weights come from a dropout-free forward (the ratio model's own loss above keeps its dropout).
-        log_w = log_r.detach()
-        if self.companion_signal_needs_eval_forward():
-            with self.companion_eval() as ratio_model:
-                log_w = scorer_logits(ratio_model, ratio_part["inputs"])
+    def generator_update(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """MLE on the mixture weighted by p_data/p_mix from the updated r_ψ (Eq. 7-8), self-normalised (18),
+        flattened (19), on the rows of nonzero mixture weight (both halves unless m is 0 or 1)."""
+        args = self.args
+        prompts, prompts_mask, ids, mask, mix = self._mixture_batch(inputs)
+        batch = ids.shape[0] // 2
+        log_w = self.companion_signal(model, self.companion_inputs(prompts, prompts_mask, ids, mask)).squeeze(-1).float()
+        check_finite_log_ratios(log_w)
+        self.record_completions(inputs["prompt_input_ids"], ids[batch:], mask[batch:], r=torch.exp(log_w[batch:]))
+        rows = torch.nonzero(mix > 0).squeeze(1)
         log_w = log_w[rows]
         if args.ratio_target == "model":
-            log_w = mixture_to_data_log_ratio(log_w, m)
+            log_w = mixture_to_data_log_ratio(log_w, args.mixture_weight)
         weights = importance_weights(log_w, mix[rows], args.flatten_alpha, args.self_normalize)
+        gen_logits, _ = model(generator=self.lm_inputs(prompts[rows], prompts_mask[rows], ids[rows], mask[rows],
+                                                       packed=True))  # packed: the LM head on masked-in tokens only
         seq_logprobs = packed_token_logprobs(gen_logits, ids[rows], mask[rows]).sum(-1)
         loss_g = weighted_nll_loss(seq_logprobs, weights)
-
         self.log_metric("generator/loss", loss_g.detach())
         self.log_metric("generator/weight_share_max", (weights / weights.sum()).max())  # normalised: heaviest share
         self.log_metric("generator/ess", effective_sample_size(weights))  # Kish ESS / n of the weighted estimate
-        return scale_to_token_budget(loss_g, args.max_completion_length) + loss_r
+        return scale_to_token_budget(loss_g, args.max_completion_length)

@@ -31,4 +31,4 @@ trainer.args.save_companion = True
 trainer.save_model(output_dir)
 if trainer.is_world_process_zero():
     print("WORLD_SIZE", trainer.accelerator.num_processes)
-    print("BACKWARD_CALLS", len(calls))  # 2 per step: the companion's pass, then the generator's
+    print("BACKWARD_CALLS", len(calls))  # 1 per step: each step trains one model (the papers' order)

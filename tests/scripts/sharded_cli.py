@@ -64,7 +64,7 @@ ALGORITHM_FLAGS = {
     "gcn": ["--mle_weight", "0.5", "--discriminator_learning_rate", "0.5"],
     # MCTS proposals: D scores prefixes inside the generator's sampling context (ZeRO-3: both gathered)
     "gcn_mcts": ["--mle_weight", "0.5", "--discriminator_learning_rate", "0.5", "--sampler", "mcts",
-                 "--num_simulations", "2", "--mcts_top_k", "3"],
+                 "--num_simulations", "4", "--mcts_top_k", "3"],
     "genere": ["--generators", "sharded_cli:GENERATORS", "--generative_weight", "1.0", "--mixture_learning_rate",
                "0.05"],
 }  # fmt: skip
