@@ -228,8 +228,11 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -
     if resume_from_checkpoint is True:
         complete = complete_checkpoints(output_dir)
         if not complete:
+            found = sorted((int(m.group(1)), n) for n in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                           if (m := _CHECKPOINT_RE.match(n)))  # fmt: skip
+            why = f" ({found[-1][1]}: {checkpoint_problem(os.path.join(output_dir, found[-1][1]))})" if found else ""
             raise CheckpointError(
-                f"resume_from_checkpoint=True but '{output_dir}' holds no complete checkpoint. Start without "
+                f"resume_from_checkpoint=True but '{output_dir}' holds no complete checkpoint{why}. Start without "
                 "resuming, or pass the path of a checkpoint folder."
             )
         return complete[-1]
