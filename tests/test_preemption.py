@@ -59,10 +59,11 @@ def test_a_second_signal_stops_at_once_and_the_newest_complete_checkpoint_surviv
             if state.global_step == 3:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    real_save = torch.save
+    real_save, second = torch.save, []
 
     def save(obj, f, *a, **kw):
         if str(f).endswith(os.path.join("checkpoint-3", "optimizer.pt")):
+            second.append(True)
             os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, inside the save
         return real_save(obj, f, *a, **kw)
 
@@ -71,11 +72,13 @@ def test_a_second_signal_stops_at_once_and_the_newest_complete_checkpoint_surviv
     trainer = MLETrainer(tiny_lm, train_dataset=coco_text, args=args, callbacks=[CtrlCAtStep3()])
     with pytest.raises(KeyboardInterrupt) as info:
         trainer.train()
-    assert type(info.value) is KeyboardInterrupt  # stopped at once, not the orderly TrainingInterrupted
+    assert second  # the first Ctrl-C did not stop the run: it asked for the checkpoint of step 3
+    assert type(info.value) is KeyboardInterrupt  # the second stopped at once, not the orderly TrainingInterrupted
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     out = str(tmp_path / "out")
     assert not os.path.exists(os.path.join(out, "checkpoint-3", CHECKPOINT_MARKER))
-    assert not os.path.exists(os.path.join(out, "checkpoint-3", "scheduler.pt"))  # cut inside the save
+    assert os.path.exists(os.path.join(out, "checkpoint-3", "model.safetensors"))  # cut inside the save
+    assert not os.path.exists(os.path.join(out, "checkpoint-3", "scheduler.pt"))
     assert resolve_resume(True, out) == os.path.join(out, "checkpoint-2")
     monkeypatch.setattr(torch, "save", real_save)
     resumed = MLETrainer(tiny_lm, train_dataset=coco_text, args=args)

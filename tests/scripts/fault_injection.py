@@ -13,7 +13,7 @@ point is hit exactly (the parent checks the child died of SIGKILL). Phases, in t
   optimizer   optimizer.pt written, scheduler / RNG / trainer state not
   state       trainer_state.json half written (every other file written, the completion marker not)
   marker      all written, the marker not yet renamed into place
-  prune       the new checkpoint complete, an old one losing its marker before its files
+  prune       the new checkpoint saved, an old one being deleted (hfcoop: its marker removed first)
 """
 
 from __future__ import annotations
@@ -110,29 +110,30 @@ def arm(step: int, phase: str) -> None:
 
         torch.save, TrainerState.save_to_json = save, save_to_json
     elif phase == "marker":
-        original_write = hfcoop.guards._write_json
+        original_mark = base.mark_checkpoint_complete
 
-        def write_json(path, value):
-            if path.endswith(os.path.join(folder, hfcoop.guards.CHECKPOINT_MARKER)):
-                with open(path + ".tmp", "w") as f:
+        def mark_checkpoint_complete(checkpoint_dir, *args, **kwargs):
+            if os.path.basename(os.path.normpath(checkpoint_dir)) == folder:
+                with open(os.path.join(checkpoint_dir, hfcoop.guards.CHECKPOINT_MARKER + ".tmp"), "w") as f:
                     f.write('{"global_step": ')  # the marker half-written, not yet renamed into place
                 die()
-            return original_write(path, value)
+            return original_mark(checkpoint_dir, *args, **kwargs)
 
-        hfcoop.guards._write_json = write_json
+        base.mark_checkpoint_complete = mark_checkpoint_complete
     elif phase == "prune":
-        original_prune, original_unmark = base.prune_checkpoints, hfcoop.guards.unmark_checkpoint
+        import shutil
 
-        def unmark_then_die(path):
-            original_unmark(path)
-            die()  # the old checkpoint lost its marker; its files are still there
+        original_rmtree = shutil.rmtree
 
-        def prune_checkpoints(output_dir, keep, protected=()):
-            newest = hfcoop.guards.complete_checkpoints(output_dir)[-1]
-            hfcoop.guards.unmark_checkpoint = unmark_then_die if newest.endswith(os.sep + folder) else original_unmark
-            return original_prune(output_dir, keep, protected)
+        def rmtree(path, *args, **kwargs):
+            path = os.path.normpath(str(path))
+            if os.path.basename(path).startswith("checkpoint-") and os.path.isdir(
+                os.path.join(os.path.dirname(path), folder)
+            ):
+                die()  # deleting an old checkpoint after checkpoint-<step> was saved (hfcoop: its marker is gone)
+            return original_rmtree(path, *args, **kwargs)
 
-        base.prune_checkpoints = prune_checkpoints
+        shutil.rmtree = rmtree
     else:
         raise ValueError(phase)
 
