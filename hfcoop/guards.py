@@ -78,17 +78,17 @@ def _shown(names: list[str]) -> str:
 
 def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool, clear: bool = True) -> None:
     """Refuses, before any compute, an ``output_dir`` that cannot be written, that holds an earlier run, or that
-    holds files hfcoop did not write; marks the folder as this run's.
+    holds files hfcoop did not write under a name the run writes; marks the folder as this run's.
 
-    hfcoop writes into an empty (or new) folder, a folder of an earlier hfcoop run (its marker ``RUN_MARKER``), or,
-    with ``overwrite``, a folder of other files none of which the run would replace. Resuming continues the earlier
+    hfcoop writes into a folder of an earlier hfcoop run (its marker ``RUN_MARKER``), or into any other folder none
+    of whose files the run would replace (a user's README.md in ``--output_dir .`` is refused). Resuming continues the earlier
     run in place; ``overwrite`` replaces it: its run files are removed first (only the names a run writes, see
     ``RUN_FILE_PATTERNS``), so the new run's export never sits beside the old run's companion, checkpoints,
     completions or ``quality.json``. A file hfcoop did not write is never replaced or removed.
     """
     check_writable(output_dir)
     if not owns_output_dir(output_dir):
-        _check_foreign_output_dir(output_dir, overwrite)
+        _check_foreign_output_dir(output_dir)
     else:
         found = earlier_run_files(output_dir)
         if found and not resuming:
@@ -109,23 +109,14 @@ def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool, clear:
         _write_json(os.path.join(output_dir, RUN_MARKER), {"written_by": "hfcoop", "note": _MARKER_NOTE})
 
 
-def _check_foreign_output_dir(output_dir: str, overwrite: bool) -> None:
-    """A folder hfcoop has not written to: only if empty, or with ``overwrite`` when no file of it would be replaced."""
-    others = sorted(n for n in os.listdir(output_dir) if not n.startswith((".hfcoop-write-test-", "_hfcoop_run")))
-    if not others:
-        return
+def _check_foreign_output_dir(output_dir: str) -> None:
+    """A folder hfcoop has not written to: the run may write beside its files, never over them."""
     clashes = run_files(output_dir)
-    if not overwrite:
-        raise OutputDirError(
-            f"output_dir '{output_dir}' holds files hfcoop did not write ({_shown(others)}). hfcoop writes into an "
-            "empty or new folder, or one of an earlier hfcoop run: choose another output_dir (or, to write beside "
-            "these files, overwrite_output_dir=True; files of the same name are never replaced)."
-        )
     if clashes:
         raise OutputDirError(
             f"output_dir '{output_dir}' holds files hfcoop did not write that this run would replace "
-            f"({_shown(clashes)}); hfcoop never replaces them, even with overwrite_output_dir. Choose another "
-            "output_dir."
+            f"({_shown(clashes)}); hfcoop never replaces or removes them, even with overwrite_output_dir. Choose an "
+            "empty or new output_dir."
         )
 
 

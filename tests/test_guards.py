@@ -76,18 +76,17 @@ def test_a_folder_of_user_files_is_never_overwritten(tmp_path):
     checkout = tmp_path / "checkout"
     (checkout / ".git").mkdir(parents=True)
     (checkout / "README.md").write_text("my project\n" * 200)
-    with pytest.raises(SystemExit, match=r"holds files hfcoop did not write \(\.git, README\.md\)"):
-        main(["train", "mle", "--config", MLE_RECIPE, *flags(str(checkout))])
-    with pytest.raises(SystemExit, match=r"would replace \(README\.md\); hfcoop never replaces them"):
-        main(["train", "mle", "--config", MLE_RECIPE, *flags(str(checkout)), "--overwrite_output_dir", "true"])
+    for overwrite in ([], ["--overwrite_output_dir", "true"]):
+        with pytest.raises(SystemExit, match=r"would replace \(README\.md\); hfcoop never replaces or removes them"):
+            main(["train", "mle", "--config", MLE_RECIPE, *flags(str(checkout)), *overwrite])
     assert (checkout / "README.md").read_text() == "my project\n" * 200
     assert sorted(os.listdir(checkout)) == [".git", "README.md"]  # nothing written, nothing removed
-    # Beside files it would not replace, --overwrite_output_dir writes (and a later overwrite keeps them).
+    # Beside files it would not replace, a run writes; overwriting that run later removes only what it wrote.
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "my_notes.txt").write_text("mine")
-    for _ in range(2):
-        main(["train", "mle", "--config", MLE_RECIPE, *flags(str(notes)), "--overwrite_output_dir", "true"])
+    main(["train", "mle", "--config", MLE_RECIPE, *flags(str(notes))])
+    main(["train", "mle", "--config", MLE_RECIPE, *flags(str(notes)), "--overwrite_output_dir", "true"])
     assert (notes / "my_notes.txt").read_text() == "mine" and (notes / "model.safetensors").exists()
 
 
