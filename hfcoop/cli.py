@@ -743,7 +743,7 @@ def run(argv: list[str]) -> None:
     try:
         VERBS[verb](argv[1:])
     except KeyboardInterrupt as stop:  # Ctrl-C, or a preemption that saved a checkpoint: one line, no traceback
-        print(f"hfcoop: {stop or 'interrupted (Ctrl-C).'}", file=sys.stderr)
+        print(f"hfcoop: {str(stop) or 'interrupted (Ctrl-C).'}", file=sys.stderr)
         raise SystemExit(getattr(stop, "exit_code", 130)) from None
     finally:
         release_all_run_locks()

@@ -84,3 +84,17 @@ def test_a_second_signal_stops_at_once_and_the_newest_complete_checkpoint_surviv
     resumed = MLETrainer(tiny_lm, train_dataset=coco_text, args=args)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 6 and checkpoint_problem(os.path.join(out, "checkpoint-6")) is None
+
+
+def test_ctrl_c_outside_training_is_one_line_without_traceback(monkeypatch, capsys):
+    """Case 10: Ctrl-C while data loads or models build printed a 15-frame traceback."""
+    import hfcoop.cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(hfcoop.cli.VERBS, "env", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main(["env"])
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "hfcoop: interrupted (Ctrl-C).\n"

@@ -669,8 +669,9 @@ class CooperativeTrainer(Trainer):
             acquire_run_lock(self.args.output_dir)
         try:
             checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+            fingerprint = self.run_fingerprint()  # taken before Trainer wraps the models (names, sharded shapes)
             if checkpoint is not None:
-                check_resume_matches(checkpoint, self.run_fingerprint())
+                check_resume_matches(checkpoint, fingerprint)
             check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
                              resuming=checkpoint is not None, clear=self.args.should_save)  # fmt: skip
             self.args.overwrite_output_dir = False  # cleared once: the checkpoints this run writes are its own
