@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_at_a_step_boundary_with_a_checkpoint_and_the_run_resumes(signum, code, tmp_path):
     out = str(tmp_path / "run")
-    argv = ["train", "mle", "--config", MLE_RECIPE, *flags(out, steps=12, save_steps="1000")]
+    argv = ["train", "mle", "--config", MLE_RECIPE, *flags(out, steps=20, save_steps="1000")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": ROOT}
     run = subprocess.Popen([sys.executable, "-m", "hfcoop.cli", *argv], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
@@ -41,11 +41,11 @@ def test_a_signal_stops_at_a_step_boundary_with_a_checkpoint_and_the_run_resumes
     step = int(checkpoint.rsplit("-", 1)[1])
     assert last == (f"hfcoop: stopped by {name} after step {step} (checkpoint saved: {checkpoint}). Resume: the same "
                     "command with --resume_from_checkpoint true (API: trainer.train(resume_from_checkpoint=True)).")  # fmt: skip
-    assert 1 <= step < 12 and checkpoint_problem(checkpoint) is None
+    assert 1 <= step < 20 and checkpoint_problem(checkpoint) is None
     assert not os.path.exists(os.path.join(out, "model.safetensors"))  # an interrupted run exports nothing
     main([*argv, "--resume_from_checkpoint", "true"])
-    state = json.load(open(os.path.join(out, "checkpoint-12", "trainer_state.json")))
-    assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, 13))  # no step lost or repeated
+    state = json.load(open(os.path.join(out, "checkpoint-20", "trainer_state.json")))
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, 21))  # no step lost or repeated
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
 
 
