@@ -552,8 +552,11 @@ def train(argv: list[str]) -> dict[str, Any]:
     script, args, model_args = parse((ScriptArguments, config_cls, model_cls), argv)
     check_ranges(script, args, model_args)
     resolve_recipe_paths(script, argv)
-    from .guards import check_output_dir, redact_command, resolve_resume
+    from .guards import check_output_dir, known_secrets, redact_command, resolve_resume
+    from .run_lock import acquire_run_lock
 
+    if not script.dry_run and args.should_save:  # one run per output_dir (released when the command ends: run())
+        acquire_run_lock(args.output_dir)
     resume = resolve_resume(resume_setting(args.resume_from_checkpoint), args.output_dir)
     args.resume_from_checkpoint = resume
     # Before any data is loaded or model built: an earlier run here is refused (or cleared with overwrite).
@@ -562,7 +565,7 @@ def train(argv: list[str]) -> dict[str, Any]:
                          clear=args.should_save)  # fmt: skip
     train_ds, eval_ds = load_datasets(script)
     trainer = build_trainer(name, script, model_args, args, train_ds, eval_ds)
-    trainer.launch_command = redact_command(["hfcoop", "train", name, *argv], [args.hub_token])
+    trainer.launch_command = redact_command(["hfcoop", "train", name, *argv], known_secrets(args))
     if script.dry_run:
         batch = next(iter(trainer.get_train_dataloader()))
         print(f"hfcoop: dry run OK: {name} with {trainer.base_model_id}, {len(train_ds)} training rows"
@@ -1017,10 +1020,17 @@ def run(argv: list[str]) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if verb != "train" and int(os.environ.get("RANK", "0")) != 0:
         return  # under `accelerate launch`, inference verbs run once (they use no collective ops)
+    from .run_lock import release_all_run_locks
+
     try:
         VERBS[verb](argv[1:])
     except InputError as err:  # bad input: its one line says what to fix, no traceback hint
         raise SystemExit(f"hfcoop: {one_line(err)}") from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or a preemption that saved a checkpoint: one line, no traceback
+        print(f"hfcoop: {str(stop) or 'interrupted (Ctrl-C).'}", file=sys.stderr)
+        raise SystemExit(getattr(stop, "exit_code", 130)) from None
+    finally:
+        release_all_run_locks()
 
 
 if __name__ == "__main__":

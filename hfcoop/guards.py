@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -30,10 +31,12 @@ RUN_FILE_PATTERNS = (
     "adapter_config.json", "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template*",
     "hfcoop_*", "training_args.bin", "quality.json", "training_curves.png", "README.md", "runs", "mediator",
     "ratio_model", "discriminator", "genere_state.json", "all_results.json", "train_results.json",
-    "eval_results.json", "trainer_state.json",
+    "eval_results.json", "trainer_state.json", "completions",
 )  # fmt: skip
 _MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
                   "hfcoop_training_args.json")  # fmt: skip
+RUN_MARKER = "_hfcoop_run.json"  # "_": the Hub upload of output_dir skips it, as it skips the lock
+_MARKER_NOTE = "hfcoop writes into this folder: an overwrite replaces the files it wrote, never others."
 _SECRET_FLAG = re.compile(r"(token|secret|password|api_key|apikey)", re.IGNORECASE)
 
 
@@ -50,6 +53,17 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- output folders
+def owns_output_dir(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds an hfcoop run: its marker, or (runs of older versions) hfcoop's own args file or
+    a checkpoint hfcoop marked complete."""
+    if not os.path.isdir(output_dir):
+        return False
+    names = os.listdir(output_dir)
+    if RUN_MARKER in names or "hfcoop_training_args.json" in names:
+        return True
+    return any(_CHECKPOINT_RE.match(n) and os.path.isfile(os.path.join(output_dir, n, CHECKPOINT_MARKER)) for n in names)
+
+
 def earlier_run_files(output_dir: str) -> list[str]:
     """Names in ``output_dir`` that show an earlier run finished or checkpointed there (empty if none)."""
     if not os.path.isdir(output_dir):
@@ -58,32 +72,52 @@ def earlier_run_files(output_dir: str) -> list[str]:
     return [n for n in names if n in _MODEL_MARKERS or _CHECKPOINT_RE.match(n)]
 
 
-def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool, clear: bool = True) -> None:
-    """Refuses, before any compute, an ``output_dir`` that cannot be written or that holds an earlier run.
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
-    Resuming continues the earlier run in place; ``overwrite`` replaces it: its run files are removed first (only
-    the names a run writes, see ``RUN_FILE_PATTERNS``), so the new run's export never sits beside the old run's
-    companion, checkpoints or ``quality.json``.
+
+def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool, clear: bool = True) -> None:
+    """Refuses, before any compute, an ``output_dir`` that cannot be written, that holds an earlier run, or that
+    holds files hfcoop did not write under a name the run writes; marks the folder as this run's.
+
+    hfcoop writes into a folder of an earlier hfcoop run (its marker ``RUN_MARKER``), or into any other folder none
+    of whose files the run would replace (a user's README.md in ``--output_dir .`` is refused). Resuming continues the earlier
+    run in place; ``overwrite`` replaces it: its run files are removed first (only the names a run writes, see
+    ``RUN_FILE_PATTERNS``), so the new run's export never sits beside the old run's companion, checkpoints,
+    completions or ``quality.json``. A file hfcoop did not write is never replaced or removed.
     """
     check_writable(output_dir)
-    found = earlier_run_files(output_dir)
-    if not found or resuming:
-        return
-    if not overwrite:
-        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    if not owns_output_dir(output_dir):
+        _check_foreign_output_dir(output_dir)
+    else:
+        found = earlier_run_files(output_dir)
+        if found and not resuming:
+            if not overwrite:
+                raise OutputDirError(
+                    f"output_dir '{output_dir}' holds an earlier run ({_shown(found)}). Choose another output_dir, "
+                    "resume it with resume_from_checkpoint=True (CLI: --resume_from_checkpoint true), or replace it "
+                    "with overwrite_output_dir=True (CLI: --overwrite_output_dir true)."
+                )
+            if clear:  # other processes of a distributed run: the main process clears
+                for name in run_files(output_dir):
+                    path = os.path.join(output_dir, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    elif os.path.lexists(path):
+                        os.remove(path)
+    if clear:
+        _write_json(os.path.join(output_dir, RUN_MARKER), {"written_by": "hfcoop", "note": _MARKER_NOTE})
+
+
+def _check_foreign_output_dir(output_dir: str) -> None:
+    """A folder hfcoop has not written to: the run may write beside its files, never over them."""
+    clashes = run_files(output_dir)
+    if clashes:
         raise OutputDirError(
-            f"output_dir '{output_dir}' holds an earlier run ({shown}). Choose another output_dir, resume it with "
-            "resume_from_checkpoint=True (CLI: --resume_from_checkpoint true), or replace it with "
-            "overwrite_output_dir=True (CLI: --overwrite_output_dir true)."
+            f"output_dir '{output_dir}' holds files hfcoop did not write that this run would replace "
+            f"({_shown(clashes)}); hfcoop never replaces or removes them, even with overwrite_output_dir. Choose an "
+            "empty or new output_dir."
         )
-    if not clear:  # other processes of a distributed run: the main process clears
-        return
-    for name in run_files(output_dir):
-        path = os.path.join(output_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        elif os.path.lexists(path):
-            os.remove(path)
 
 
 def run_files(output_dir: str) -> list[str]:
@@ -107,24 +141,55 @@ def check_writable(output_dir: str) -> None:
         ) from None
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
-def mark_checkpoint_complete(checkpoint_dir: str, global_step: int) -> None:
-    """Written last, after every file of the checkpoint: its presence is what makes a checkpoint resumable."""
-    tmp = os.path.join(checkpoint_dir, CHECKPOINT_MARKER + ".tmp")
+def _write_json(path: str, value: Any) -> None:
+    """Writes ``path`` whole or not at all (a temporary file, synced, then renamed over it)."""
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"global_step": global_step, "files": sorted(os.listdir(checkpoint_dir))}, f)
+        json.dump(value, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(checkpoint_dir, CHECKPOINT_MARKER))  # atomic: the marker is whole or absent
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def mark_checkpoint_complete(checkpoint_dir: str, global_step: int, run: dict[str, Any] | None = None,
+                             resumable: bool = True) -> None:  # fmt: skip
+    """Written last, after every file of the checkpoint: its presence is what makes a checkpoint resumable.
+
+    ``run`` (:func:`run_fingerprint`) is what a resume must match; ``resumable`` is False for weights-only saves
+    (``save_only_model``)."""
+    record = {"global_step": global_step, "files": sorted(os.listdir(checkpoint_dir)), "resumable": resumable}
+    _write_json(os.path.join(checkpoint_dir, CHECKPOINT_MARKER), record | ({"run": run} if run else {}))
+
+
+def unmark_checkpoint(checkpoint_dir: str) -> None:
+    """Before a checkpoint folder is written again or deleted: it stops counting as complete first."""
+    marker = os.path.join(checkpoint_dir, CHECKPOINT_MARKER)
+    if os.path.lexists(marker):
+        os.remove(marker)
+
+
+def checkpoint_record(checkpoint_dir: str) -> dict[str, Any] | None:
+    """The completion marker's content (None when the checkpoint has none, or it cannot be read)."""
+    try:
+        with open(os.path.join(checkpoint_dir, CHECKPOINT_MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def checkpoint_problem(checkpoint_dir: str) -> str | None:
     """Why ``checkpoint_dir`` cannot be resumed exactly, or None when it can."""
     if not os.path.isdir(checkpoint_dir):
         return "it does not exist"
-    if os.path.isfile(os.path.join(checkpoint_dir, CHECKPOINT_MARKER)):
-        return None
-    # No marker: written by another tool or an older hfcoop, or cut short. Check the state a resume needs.
+    record = checkpoint_record(checkpoint_dir)
+    if record is None:
+        diverged = os.path.isfile(os.path.join(checkpoint_dir, "hfcoop_diverged.json"))
+        return ("it holds the weights of a run that diverged" if diverged else
+                "it has no completion marker (its save was cut short, or hfcoop did not write it)")  # fmt: skip
+    if record.get("resumable") is False:
+        return ("it was saved with save_only_model=True: weights only, no optimizer, scheduler or RNG state, so a "
+                "resumed run would not continue exactly")  # fmt: skip
     names = os.listdir(checkpoint_dir)
     missing = []
     if "trainer_state.json" not in names:
@@ -136,7 +201,7 @@ def checkpoint_problem(checkpoint_dir: str) -> str | None:
         missing.append("scheduler.pt")
     if not any(n.startswith("rng_state") for n in names):
         missing.append("rng_state*.pth")
-    return f"it lacks {', '.join(missing)} (a save cut short, or saved with save_only_model)" if missing else None
+    return f"it lacks {', '.join(missing)} (saved with save_only_model, or files were removed)" if missing else None
 
 
 def complete_checkpoints(output_dir: str) -> list[str]:
@@ -154,19 +219,113 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -
     if resume_from_checkpoint is True:
         complete = complete_checkpoints(output_dir)
         if not complete:
+            found = sorted((int(m.group(1)), n) for n in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                           if (m := _CHECKPOINT_RE.match(n)))  # fmt: skip
+            why = f" ({found[-1][1]}: {checkpoint_problem(os.path.join(output_dir, found[-1][1]))})" if found else ""
             raise CheckpointError(
-                f"resume_from_checkpoint=True but '{output_dir}' holds no complete checkpoint. Start without "
+                f"resume_from_checkpoint=True but '{output_dir}' holds no complete checkpoint{why}. Start without "
                 "resuming, or pass the path of a checkpoint folder."
             )
         return complete[-1]
     problem = checkpoint_problem(str(resume_from_checkpoint))
     if problem is not None:
+        complete = [os.path.basename(c) for c in complete_checkpoints(os.path.dirname(str(resume_from_checkpoint)))]
         raise CheckpointError(
-            f"cannot resume from '{resume_from_checkpoint}': {problem}. Resuming would not continue the run exactly; "
-            f"resume from another checkpoint (complete ones: {[os.path.basename(c) for c in complete_checkpoints(os.path.dirname(str(resume_from_checkpoint)))] or 'none'}) "
-            "or start a new run from its weights (model_name_or_path)."
+            f"cannot resume from '{resume_from_checkpoint}': {problem}. Resume from another checkpoint (complete "
+            f"ones: {', '.join(complete) or 'none'}) or start a new run from its weights (model_name_or_path)."
         )
     return str(resume_from_checkpoint)
+
+
+def save_failure(err: BaseException) -> str | None:
+    """Why a checkpoint write failed, when it is the filesystem's fault (disk full, quota, I/O), else None.
+    torch.save reports a full disk as a RuntimeError ("enforce fail at inline_container.cc ... file write failed")."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err) or type(err).__name__
+    text = str(err)
+    if "inline_container" in text or "write failed" in text or "No space left" in text:
+        return "a file write failed (is the disk full?)"
+    return None
+
+
+def prune_checkpoints(output_dir: str, keep: int | None, protected: Iterable[str | None] = ()) -> None:
+    """``save_total_limit``: keeps the newest ``keep`` complete checkpoints (and ``protected``, e.g. the best one);
+    deletes the older ones and any unfinished save older than the newest complete checkpoint. Each loses its
+    marker before its files, so a deletion cut short never leaves a "complete" checkpoint with files missing."""
+    if not keep or keep <= 0:
+        return
+    complete = complete_checkpoints(output_dir)
+    if not complete:
+        return
+    newest = int(complete[-1].rsplit("-", 1)[1])
+    keep_paths = set(complete[-keep:]) | {os.path.normpath(p) for p in protected if p}
+    for name in sorted(os.listdir(output_dir)):
+        m = _CHECKPOINT_RE.match(name)
+        path = os.path.join(output_dir, name)
+        if m and int(m.group(1)) < newest and path not in keep_paths and os.path.normpath(path) not in keep_paths:
+            unmark_checkpoint(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- resume checks
+def run_fingerprint(algorithm: str, models: dict[str, torch.nn.Module | None], tokenizer: Any) -> dict[str, Any]:
+    """What a checkpoint's run is made of: the algorithm, each model's parameter shapes, the tokenizer's hash. A
+    resume must match all of them (the weights of another model size or vocabulary would not continue the run)."""
+    shapes = {role: {name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}
+              for role, model in models.items() if model is not None}  # fmt: skip
+    return {"algorithm": algorithm, "shapes": shapes, "tokenizer": tokenizer_hash(tokenizer)}
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A hash of the tokenizer's files' content: vocabulary, merges, normalisation (``tokenizer.json``), special
+    tokens and chat template; not its truncation/padding state, which the collator changes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else type(tokenizer).__name__
+    extra = [sorted(map(str, getattr(tokenizer, "all_special_tokens", []))), getattr(tokenizer, "chat_template", None)]
+    return hashlib.sha256(json.dumps([spec, extra], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_mismatch(saved: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """The first difference between a checkpoint's run and this one, in words (None when they match)."""
+    if not saved:
+        return None  # a checkpoint of an older hfcoop: nothing recorded to compare
+    if saved.get("algorithm") != current["algorithm"]:
+        return f"it was saved by a {saved.get('algorithm')} run, this run is {current['algorithm']}"
+    for role in sorted(set(saved.get("shapes", {})) | set(current["shapes"])):
+        old, new = saved.get("shapes", {}).get(role), current["shapes"].get(role)
+        if old is None or new is None:
+            return f"the checkpoint {'has no' if old is None else 'has a'} {role}, this run {'has' if old is None else 'has none'}"
+        if old == new:
+            continue
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                if name not in new:
+                    return f"the checkpoint's {role} has parameter '{name}', this run's has not (another model or adapter setting)"
+                if name not in old:
+                    return f"this run's {role} has parameter '{name}', the checkpoint's has not (another model or adapter setting)"
+                return (f"the {role}'s parameter '{name}' has shape {old[name]} in the checkpoint, {new[name]} in this "
+                        "run (another model size)")  # fmt: skip
+    if saved.get("tokenizer") != current["tokenizer"]:
+        return ("its tokenizer differs from this run's (another vocabulary, order of tokens or special tokens: "
+                f"hash {saved.get('tokenizer')} vs {current['tokenizer']}); a changed data set rebuilds a tiny "
+                "model's tokenizer")  # fmt: skip
+    return None
+
+
+def check_resume_matches(checkpoint: str, current: dict[str, Any]) -> None:
+    """Refuses to resume ``checkpoint`` into a run of another algorithm, model shape or tokenizer, in one line."""
+    record = checkpoint_record(checkpoint) or {}
+    difference = resume_mismatch(record.get("run"), current)
+    if difference is not None:
+        raise CheckpointError(
+            f"cannot resume from '{checkpoint}': {difference}. Resume with the settings that run used, or start a new "
+            "run (another output_dir, or overwrite_output_dir=True)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------- divergence
@@ -249,14 +408,68 @@ def redact_command(argv: list[str] | str, secrets: Iterable[str | None] = ()) ->
 
 
 def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):  # longest first
+        text = text.replace(secret, "***")
     return text
 
 
+# Keys whose values are secrets, at any depth of init kwargs: token, *_token, *api_key*, *secret*, *password*.
+_SECRET_KEY = re.compile(r"(^|_)token$|api_?key|secret|password", re.IGNORECASE)
+# Environment variables whose values a run may know (hub and tracker credentials); values shorter than 8
+# characters are not treated as secrets (a "1" would blank every digit 1 of every file).
+_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "COMET_API_KEY", "NEPTUNE_API_TOKEN",
+               "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "HF_API_TOKEN")  # fmt: skip
+
+
+def is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(_SECRET_KEY.search(key))
+
+
+def secret_values(value: Any) -> list[str]:
+    """String values under secret-named keys (``is_secret_key``) at any depth of dicts, lists and objects with a
+    ``to_dict`` (a ``BitsAndBytesConfig``); a JSON string (init kwargs given on the command line) is read first."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    if hasattr(value, "to_dict") and not isinstance(value, dict):
+        try:
+            value = value.to_dict()
+        except Exception:  # noqa: BLE001 - a config object that cannot describe itself holds nothing we can find
+            return []
+    found: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if is_secret_key(k) and isinstance(v, str):
+                found.append(v)
+            else:
+                found += secret_values(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            found += secret_values(v)
+    return found
+
+
 def known_secrets(args: Any = None) -> list[str]:
-    """Secret strings this process knows: the config's hub token and the token environment variables."""
+    """Every secret string this run knows: the config's hub token, secret-named keys at any depth of the model /
+    companion init kwargs (and their quantization configs), and the credential environment variables."""
     values = [getattr(args, "hub_token", None)]
-    values += [os.environ.get(k) for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")]
-    return [v for v in values if v]
+    for name in ("model_init_kwargs", "companion_init_kwargs"):
+        values += secret_values(getattr(args, name, None))
+    values += [os.environ.get(k) for k in _SECRET_ENV]
+    values += [v for k, v in os.environ.items() if is_secret_key(k.lower()) and len(v) >= 8]
+    return sorted({v for v in values if isinstance(v, str) and len(v) >= 4})
+
+
+def redact_value(value: Any, secrets: Iterable[str]) -> Any:
+    """A copy of a JSON-like value with secret-named keys' values and every known secret string replaced."""
+    secrets = list(secrets)
+    if isinstance(value, dict):
+        return {k: ("***" if is_secret_key(k) and isinstance(v, str) and v else redact_value(v, secrets))
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_value(v, secrets) for v in value)
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    return value

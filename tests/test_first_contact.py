@@ -252,10 +252,14 @@ def test_resume_true_skips_a_checkpoint_cut_short_and_refuses_one_without_state(
     assert state["global_step"] == 6
     history = [h["step"] for h in state["log_history"] if "loss" in h]
     assert history[:2] == [1, 2] and 3 in history  # resumed from checkpoint-2: steps 3 and 4 were trained again
-    # An explicit checkpoint without optimizer state is refused (it would not resume exactly).
-    os.remove(os.path.join(out, "checkpoint-6", CHECKPOINT_MARKER))
+    # An explicit checkpoint without optimizer state, or without its completion marker, is refused (it would not
+    # resume exactly).
     os.remove(os.path.join(out, "checkpoint-6", "optimizer.pt"))
     with pytest.raises(SystemExit, match="lacks optimizer state"):
+        main(["train", "mle", "--config", MLE_RECIPE, *flags(out, steps=8), "--resume_from_checkpoint",
+              os.path.join(out, "checkpoint-6")])  # fmt: skip
+    os.remove(os.path.join(out, "checkpoint-6", CHECKPOINT_MARKER))
+    with pytest.raises(SystemExit, match="has no completion marker"):
         main(["train", "mle", "--config", MLE_RECIPE, *flags(out, steps=8), "--resume_from_checkpoint",
               os.path.join(out, "checkpoint-6")])  # fmt: skip
 

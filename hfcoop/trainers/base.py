@@ -42,14 +42,25 @@ from ..guards import (
     check_finite_loss,
     check_finite_weights,
     check_output_dir,
+    check_resume_matches,
     check_writable,
+    CheckpointError,
+    complete_checkpoints,
+    known_secrets,
     mark_checkpoint_complete,
     NonFiniteTrainingError,
+    prune_checkpoints,
     quarantine_checkpoint,
+    redact_value,
     resolve_resume,
+    run_fingerprint,
+    save_failure,
+    unmark_checkpoint,
 )
 from ..losses import masked_token_mean, token_logprobs
 from ..model_card import write_model_card
+from ..preemption import StopOnSignal, TrainingInterrupted
+from ..run_lock import acquire_run_lock, release_run_lock
 from ..modeling import (
     CooperativePair,
     PairInput,
@@ -189,10 +200,20 @@ class CooperativeConfig(TrainingArguments):
         return self.has_learned_companion
 
     def __getstate__(self) -> dict[str, Any]:
-        # Trainer pickles its arguments into checkpoints and Hub uploads (training_args.bin): never the token.
+        # Trainer pickles its arguments into checkpoints and Hub uploads (training_args.bin): never a secret.
         state = self.__dict__.copy()
         state["hub_token"] = None
+        secrets = known_secrets(self)
+        for name in ("model_init_kwargs", "companion_init_kwargs"):
+            state[name] = redact_value(state.get(name), secrets)
         return state
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "CooperativeConfig":
+        # A copy in memory keeps its secrets (it may load a model with them); only what is written drops them.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs", "companion_init_kwargs"]
 
@@ -225,7 +246,8 @@ class CooperativeConfig(TrainingArguments):
                 d[k] = {key: (value.to_dict() if hasattr(value, "to_dict") else
                               str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value)
                         for key, value in d[k].items()}  # fmt: skip
-        return d
+        # The JSON of the args file, TensorBoard's hparams and every tracker's config: no secret, at any depth.
+        return redact_value(d, known_secrets(self))
 
     def _resolve_init_kwargs(self, kwargs: dict[str, Any] | str | None, name: str) -> dict[str, Any]:
         kwargs = resolve_init_kwargs(kwargs, trust_remote_code=self.trust_remote_code, name=name)
@@ -654,19 +676,59 @@ class CooperativeTrainer(Trainer):
 
             rows = gather_object(rows)
         if rows and self.is_world_process_zero():
-            write_completions(self, rows[: self.args.num_completions_to_log], self.state.global_step)
+            rows = redact_value(rows[: self.args.num_completions_to_log], known_secrets(self.args))
+            write_completions(self, rows, self.state.global_step)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
-        """Trainer's ``train``, after the output folder and the checkpoint to resume from are checked.
+        """Trainer's ``train``, holding ``output_dir``'s lock, after the folder and the checkpoint are checked.
 
-        ``resume_from_checkpoint=True`` picks the newest *complete* checkpoint (one whose save finished); an
-        earlier run in ``output_dir`` is refused unless ``overwrite_output_dir`` or resuming.
+        ``resume_from_checkpoint=True`` picks the newest *complete* checkpoint (one whose save finished), and the
+        checkpoint must be of this run's algorithm, model shapes and tokenizer; an earlier run in ``output_dir`` is
+        refused unless ``overwrite_output_dir`` or resuming, as is a second live run there. SIGTERM / SIGINT stop
+        at the next step boundary with a checkpoint (:mod:`hfcoop.preemption`).
         """
-        checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
-        check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
-                         resuming=checkpoint is not None, clear=self.args.should_save)  # fmt: skip
-        self.args.overwrite_output_dir = False  # cleared once: the checkpoints this run writes are its own
-        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        locked = self.args.should_save  # the main process writes the folder: it holds the lock
+        if locked:
+            acquire_run_lock(self.args.output_dir)
+        try:
+            checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+            fingerprint = self.run_fingerprint()  # taken before Trainer wraps the models (names, sharded shapes)
+            if checkpoint is not None:
+                check_resume_matches(checkpoint, fingerprint)
+            check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
+                             resuming=checkpoint is not None, clear=self.args.should_save)  # fmt: skip
+            self.args.overwrite_output_dir = False  # cleared once: the checkpoints this run writes are its own
+            return self._train_until_done_or_stopped(checkpoint, **kwargs)
+        finally:
+            if locked:
+                release_run_lock(self.args.output_dir)
+
+    def _train_until_done_or_stopped(self, checkpoint: str | None, **kwargs: Any) -> Any:
+        stop = StopOnSignal(self)
+        self.add_callback(stop)
+        try:
+            with stop.installed():
+                result = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        finally:
+            self.remove_callback(stop)
+        if stop.signum is not None:
+            import signal
+
+            saved = complete_checkpoints(self.args.output_dir)
+            where = f"checkpoint saved: {saved[-1]}" if saved else "no complete checkpoint"
+            raise TrainingInterrupted(
+                f"stopped by {signal.Signals(stop.signum).name} after step {self.state.global_step} ({where}). "
+                "Resume: the same command with --resume_from_checkpoint true (API: "
+                "trainer.train(resume_from_checkpoint=True)).", stop.signum)  # fmt: skip
+        return result
+
+    def run_fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint records of its run and a resume must match (:func:`hfcoop.guards.run_fingerprint`)."""
+        if getattr(self, "_run_fingerprint", None) is None:  # shapes and tokenizer do not change while training
+            pair = self.pair
+            models = {"generator": pair.generator, "companion": pair.companion}
+            self._run_fingerprint = run_fingerprint(self.algorithm, models, self.processing_class)
+        return self._run_fingerprint
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -832,11 +894,40 @@ class CooperativeTrainer(Trainer):
             self.save_extra_state(output_dir)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:  # written last: an interrupted save leaves a checkpoint that is never resumed
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            if os.path.isdir(folder):
-                mark_checkpoint_complete(folder, self.state.global_step)
+        """Trainer's checkpoint, made safe against a kill at any point: a folder written again loses its completion
+        marker first; the marker is written last (an interrupted save is never resumed); older checkpoints are
+        pruned only after it, marker first. A failed write (disk full) is one error naming the newest good one."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save:
+            unmark_checkpoint(folder)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # pruned below, after the marker
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as err:
+            reason = save_failure(err)
+            if reason is None:
+                raise
+            raise self._save_failed(run_dir, folder, reason) from err
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save and os.path.isdir(folder):
+            mark_checkpoint_complete(folder, self.state.global_step, self.run_fingerprint(),
+                                     resumable=not self.args.save_only_model)  # fmt: skip
+            prune_checkpoints(run_dir, limit, [self.state.best_model_checkpoint])
+
+    def _save_failed(self, run_dir: str, folder: str, reason: str) -> CheckpointError:
+        """The error for a checkpoint that could not be written; its partial folder is removed (space, clarity)."""
+        import shutil
+
+        if self.args.should_save:
+            shutil.rmtree(folder, ignore_errors=True)
+        good = complete_checkpoints(run_dir)
+        newest = f"the newest complete checkpoint is {good[-1]}" if good else "no complete checkpoint was saved"
+        return CheckpointError(
+            f"saving {os.path.basename(folder)} failed: {reason}; {newest} (intact). Free space (or lower "
+            "save_total_limit) and resume with resume_from_checkpoint=True (CLI: --resume_from_checkpoint true)."
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if self.is_fsdp_enabled:  # FSDP checkpoints (pytorch_model_fsdp*) hold the whole pair; Trainer loads them
