@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from hfcoop.batching import pad_columns
 from datasets import Dataset
 
 from conftest import coco_lines
@@ -58,8 +60,8 @@ def test_psi_mle_weights_come_from_a_dropout_free_ratio_model(dropout_lm, tmp_pa
     (gen_ids, gen_mask), batch, (log_w, *_) = one_step(trainer, monkeypatch, psi_module, "importance_weights")
     width = max(gen_ids.shape[1], batch["completion_input_ids"].shape[1])
     pad = trainer.processing_class.pad_token_id
-    real = cot_module.pad_columns(batch["completion_input_ids"], batch["completion_mask"], width, pad)
-    gen = cot_module.pad_columns(gen_ids, gen_mask, width, pad)
+    real = pad_columns(batch["completion_input_ids"], batch["completion_mask"], width, pad)
+    gen = pad_columns(gen_ids, gen_mask, width, pad)
     expected = eval_scores(trainer, batch["prompt_input_ids"].repeat(2, 1), batch["prompt_attention_mask"].repeat(2, 1),
                            torch.cat([real[0], gen[0]]), torch.cat([real[1], gen[1]]))  # fmt: skip
     torch.testing.assert_close(log_w, expected, atol=1e-5, rtol=0)
@@ -72,7 +74,7 @@ def test_gcn_weights_come_from_a_dropout_free_discriminator(dropout_lm, tmp_path
     (neg_ids, neg_mask), batch, (d_logits, *_) = one_step(trainer, monkeypatch, gcn_module, "gcn_log_weights")
     rows = torch.arange(4).repeat_interleave(2)
     width = max(neg_ids.shape[1], batch["completion_input_ids"].shape[1])
-    neg_ids, neg_mask = cot_module.pad_columns(neg_ids, neg_mask, width, trainer.processing_class.pad_token_id)
+    neg_ids, neg_mask = pad_columns(neg_ids, neg_mask, width, trainer.processing_class.pad_token_id)
     expected = eval_scores(trainer, batch["prompt_input_ids"][rows], batch["prompt_attention_mask"][rows], neg_ids,
                            neg_mask)  # fmt: skip
     torch.testing.assert_close(d_logits, expected, atol=1e-5, rtol=0)

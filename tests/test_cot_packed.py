@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hfcoop import CoTConfig, CoTTrainer
 from hfcoop.losses import cot_generator_loss, mediator_loss
 from hfcoop.modeling import completion_logits, sequence_inputs, uses_mask_logits_to_keep
-from hfcoop.trainers.cot import pad_columns
+from hfcoop.batching import pad_columns
 
 
 def _full_logprobs(logits, labels):

@@ -322,21 +322,12 @@ def test_the_matching_generator_wins_whatever_the_lengths(normalization, micro_b
         assert pi[0] > 0.8, pi
 
 
-def test_old_name_of_the_mixture_learning_rate_still_works(tmp_path):
-    """``generator_learning_rate`` (renamed: it is γ's step size, not the LM's) sets mixture_learning_rate, with a
-    FutureWarning, from Python and from the command line; conflicting values are refused."""
+def test_the_old_mixture_rate_name_is_gone(tmp_path):
+    """``generator_learning_rate`` (γ's step size under an old name) is no field: nothing released needs it."""
     from hfcoop import GenereConfig
-    from hfcoop.cli import ScriptArguments, parse
 
-    with pytest.warns(FutureWarning, match="mixture_learning_rate"):
-        config = GenereConfig(output_dir=str(tmp_path), generator_learning_rate=0.07)
-    assert config.mixture_learning_rate == 0.07
-    with pytest.warns(FutureWarning, match="mixture_learning_rate"):
-        _, config = parse((ScriptArguments, GenereConfig), ["--output_dir", str(tmp_path), "--generator_learning_rate", "0.02"])
-    assert config.mixture_learning_rate == 0.02
-    with pytest.raises(ValueError, match="old name of mixture_learning_rate"):
-        GenereConfig(output_dir=str(tmp_path), generator_learning_rate=0.07, mixture_learning_rate=0.5)
-    assert GenereConfig(output_dir=str(tmp_path), mixture_learning_rate=0.3).mixture_learning_rate == 0.3
+    with pytest.raises(TypeError, match="generator_learning_rate"):
+        GenereConfig(output_dir=str(tmp_path), generator_learning_rate=0.07)
 
 
 # ------------------------------------------------------------------------- the batch layout

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..batching import concat_rows, pad_columns, unpack_tokens  # noqa: F401 (pad_columns: old import path)
+from ..batching import concat_rows, unpack_tokens
 from ..distributed import copy_model
 from ..losses import (
     cot_generator_loss,

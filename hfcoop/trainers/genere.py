@@ -71,7 +71,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -132,13 +131,6 @@ class GenereConfig(CooperativeConfig):
             "default, see likelihood_normalization)."
         },
     )
-    generator_learning_rate: float | None = field(
-        default=None,
-        metadata={
-            "help": "Deprecated name of mixture_learning_rate (the paper's 'generator' is the mixture of black-box "
-            "data generators, not the LM): still accepted, with a warning."
-        },
-    )
     likelihood_normalization: str = field(
         default="per_token",
         metadata={
@@ -179,25 +171,6 @@ class GenereConfig(CooperativeConfig):
         metadata={"help": "Monte Carlo draws of Δ for the learned proportions π_k = E[softmax_k(γ+Δ)]."},
     )
 
-    def _resolve_deprecated_names(self) -> None:
-        """``generator_learning_rate`` (old name) sets ``mixture_learning_rate`` and warns; both at once is an error
-        unless they agree."""
-        if self.generator_learning_rate is None:
-            return
-        default = type(self).__dataclass_fields__["mixture_learning_rate"].default
-        if self.mixture_learning_rate not in (default, self.generator_learning_rate):
-            raise ValueError(
-                f"generator_learning_rate ({self.generator_learning_rate}) is the old name of mixture_learning_rate "
-                f"({self.mixture_learning_rate}): set only mixture_learning_rate."
-            )
-        warnings.warn(
-            "GenereConfig.generator_learning_rate is deprecated: it is the step size of the mixture logits γ, now "
-            "named mixture_learning_rate.",
-            FutureWarning,
-            stacklevel=3,
-        )
-        self.mixture_learning_rate = self.generator_learning_rate
-
     def __post_init__(self) -> None:
         if not (self.generative_weight >= 0):  # also rejects NaN
             raise ValueError(f"generative_weight (λ) must be >= 0 (or inf), got {self.generative_weight}.")
@@ -205,7 +178,6 @@ class GenereConfig(CooperativeConfig):
             raise ValueError(f"baseline_smoothing (α) must be in [0, 1), got {self.baseline_smoothing}.")
         if not self.perturbation_std > 0:
             raise ValueError(f"perturbation_std (σ) must be > 0, got {self.perturbation_std}.")
-        self._resolve_deprecated_names()
         if not self.mixture_learning_rate >= 0:
             raise ValueError(f"mixture_learning_rate (η_γ) must be >= 0, got {self.mixture_learning_rate}.")
         if not 0.0 < self.mixture_shrinkage <= 1.0:
