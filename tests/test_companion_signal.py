@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from hfcoop.batching import pad_columns
 from datasets import Dataset
 
 from conftest import coco_lines
 
 from hfcoop import CoTConfig, CoTTrainer, GCNConfig, GCNTrainer, PsiMLEConfig, PsiMLETrainer
+from hfcoop.batching import pad_columns
 from hfcoop.modeling import sequence_inputs
 from hfcoop.scorers import SequenceScorer
 from hfcoop.tiny import build_tiny_model
