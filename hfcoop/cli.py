@@ -600,9 +600,6 @@ def train(argv: list[str]) -> dict[str, Any]:
     trainer.save_model()
     if trainer.is_world_process_zero():
         print(f"hfcoop: generator saved to {args.output_dir}")
-    # As `trl sft` does: finish the trackers and destroy the process group (a ZeRO-3 rank left with live gloo
-    # threads at exit aborted: "terminate called without an active exception", exit -6).
-    trainer.end()
     return report
 
 
@@ -1009,6 +1006,18 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
+def end_distributed() -> None:
+    """Destroys the process group at the end of the command, as `trl sft` does (`Trainer.end`): a ZeRO-3 rank left
+    with live gloo threads at exit aborted ("terminate called without an active exception", exit -6). Here, not in
+    `train()`: code that calls `train()` several times in one launch needs the group between the calls."""
+    if "torch" not in sys.modules:  # a verb that never loaded torch (help, recipes, env) has no group
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -1024,6 +1033,7 @@ def run(argv: list[str]) -> None:
 
     try:
         VERBS[verb](argv[1:])
+        end_distributed()
     except InputError as err:  # bad input: its one line says what to fix, no traceback hint
         raise SystemExit(f"hfcoop: {one_line(err)}") from None
     except KeyboardInterrupt as stop:  # Ctrl-C, or a preemption that saved a checkpoint: one line, no traceback
