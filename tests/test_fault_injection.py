@@ -18,7 +18,8 @@ def test_twenty_sigkills_then_resumes_end_where_the_uninterrupted_run_ends(tmp_p
     runs = {}
     for algorithm in ("cot", "genere"):
         (tmp_path / algorithm).mkdir()
-        runs[algorithm] = subprocess.Popen([sys.executable, SCRIPT, algorithm, str(tmp_path / algorithm)], env=env,
+        cache = {"HFCOOP_CACHE": str(tmp_path / algorithm / "cache")}  # this run's own tiny base model, and no other
+        runs[algorithm] = subprocess.Popen([sys.executable, SCRIPT, algorithm, str(tmp_path / algorithm)], env={**env, **cache},
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     for algorithm, run in runs.items():
         stdout, stderr = run.communicate(timeout=600)

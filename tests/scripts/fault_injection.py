@@ -195,8 +195,10 @@ def main() -> None:
         different = [k for k in ta if not torch.equal(ta[k], tb[k])]
         assert not different, f"{what}: {different[:5]}"
         print(f"{what}: {len(ta)} tensors in {roles} equal bit for bit")
-    base_model = next(d for d in os.listdir(ref) if d.startswith("tiny-base-model-"))
-    start = load_file(os.path.join(ref, base_model, "model.safetensors"))
+    from hfcoop.cli import cache_dir  # the CLI's tiny base model lives in the cache, not in output_dir
+
+    base_model = next(d for d in os.listdir(cache_dir()) if d.startswith("tiny-base-model-"))
+    start = load_file(os.path.join(cache_dir(), base_model, "model.safetensors"))
     trained = load_file(os.path.join(ref, "model.safetensors"))
     assert any(not torch.equal(start[k], trained[k]) for k in start), "the generator never moved: nothing compared"
     if algorithm == "genere":  # the learned mixture of the export
