@@ -15,6 +15,7 @@ also runs under ``accelerate launch -m hfcoop.cli ...``. ``hfcoop <verb> --help`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -110,8 +111,6 @@ def apply_model_arguments(model: Any, args: Any) -> Any:
     ``dtype``, ``attn_implementation`` and the bitsandbytes ``quantization_config`` (TRL's
     ``get_quantization_config``), a recipe's own ``model_init_kwargs`` entries winning; returns TRL's
     ``get_peft_config`` (None without ``use_peft``)."""
-    import dataclasses
-
     from trl import get_peft_config, get_quantization_config
 
     if model.lora_task_type != "CAUSAL_LM":
@@ -173,19 +172,8 @@ def resolve_config_argument(argv: list[str]) -> list[str]:
     if found is None:
         raise SystemExit(f"hfcoop: the --config file '{config}' does not exist (from {os.getcwd()}) and is no bundled "
                          "recipe: `hfcoop recipes` lists those (e.g. coco/cot_tiny).")  # fmt: skip
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--config":
-            out += ["--config", found]
-            skip = True
-        elif a.startswith("--config="):
-            out += ["--config", found]
-        else:
-            out.append(a)
-    return out
+    i = next(i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config="))
+    return [*argv[:i], "--config", found, *argv[i + (2 if argv[i] == "--config" else 1) :]]
 
 
 def parse(dataclass_types: tuple[type, ...], argv: list[str]) -> tuple[Any, ...]:
@@ -394,7 +382,6 @@ COMMON_TRAINING_ARGUMENTS = (
 
 def _field_lines(dataclass_type: type, names: set[str] | None = None) -> list[str]:
     """``--name (default)`` and its help text, for the fields of ``dataclass_type`` (or only ``names``)."""
-    import dataclasses
     import textwrap
 
     lines = []
@@ -416,7 +403,6 @@ def _field_lines(dataclass_type: type, names: set[str] | None = None) -> list[st
 
 def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
     """``hfcoop train <algorithm> --help``: hfcoop's own fields grouped, TrainingArguments' named, not described."""
-    import dataclasses
     import textwrap
 
     from transformers import TrainingArguments
@@ -501,12 +487,14 @@ def launch_training(name: str, training: list[str], launch: list[str]) -> None:
     elif not any(a.startswith("--config_file") for a in launch):
         launch = ["--config_file", find_accelerate_config("ddp"), *launch]
     parsed = launch_command_parser().parse_args([*launch, "-m", "hfcoop.cli", "train", name, *training])
-    os.environ["ACCELERATE_LAUNCHED"] = "1"
+    os.environ["ACCELERATE_LAUNCHED"] = "1"  # inherited by the processes: they must not launch again
     try:
         launch_command(parsed)
     except Exception as err:  # noqa: BLE001 - the processes printed their own `hfcoop:` line above
         raise SystemExit(f"hfcoop: the launched training failed ({type(err).__name__}); its processes' messages are "
                          "above.") from None  # fmt: skip
+    finally:
+        os.environ.pop("ACCELERATE_LAUNCHED", None)
 
 
 def build_trainer(name: str, script: ScriptArguments, model_args: Any, args: Any, train_ds: Any, eval_ds: Any) -> Any:
@@ -545,7 +533,7 @@ def train(argv: list[str]) -> dict[str, Any]:
         print(train_help(name, config_cls, trainer_cls))
         return {}
     model_cls = model_arguments()
-    fields = {f.name for cls in (ScriptArguments, config_cls, model_cls) for f in __import__("dataclasses").fields(cls)}
+    fields = {f.name for cls in (ScriptArguments, config_cls, model_cls) for f in dataclasses.fields(cls)}
     argv, launch = split_launch_arguments(argv, fields)
     if launch:
         return launch_training(name, argv, launch) or {}
