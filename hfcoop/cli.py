@@ -476,7 +476,7 @@ def launch_training(name: str, training: list[str], launch: list[str]) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_LAUNCHED" in os.environ:
         raise SystemExit("hfcoop: --accelerate_config / --num_processes given inside an already launched job: pass "
                          "them to hfcoop alone, or to accelerate launch alone.")  # fmt: skip
-    launch = [a.replace("--accelerate_config=", "--config_file=") for a in launch]
+    launch = [part for a in launch for part in (a.split("=", 1) if a.startswith("--accelerate_config=") else [a])]
     if "--accelerate_config" in launch:
         i = launch.index("--accelerate_config")
         found = find_accelerate_config(launch[i + 1]) if i + 1 < len(launch) else None

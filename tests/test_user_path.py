@@ -86,6 +86,8 @@ def test_unknown_accelerate_config_is_one_line(tmp_path):
 
     with pytest.raises(SystemExit, match="--accelerate_config takes a file or one of ddp"):
         main(["train", "cot", "--config", "coco/cot_tiny", "--accelerate_config", "zero9", "--num_processes", "2"])
+    with pytest.raises(SystemExit, match="--accelerate_config takes a file or one of ddp.*got zero9"):  # `=` form too
+        main(["train", "cot", "--config", "coco/cot_tiny", "--accelerate_config=zero9", "--num_processes", "2"])
 
 
 # ------------------------------------------------------------------------------------- TRL's flags and YAML
