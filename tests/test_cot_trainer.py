@@ -1,6 +1,7 @@
 """CoTTrainer end to end: the toy distribution, resume, gradient accumulation, DDP, PEFT, saving, bad input."""
 
 import json
+import math
 import os
 
 import pytest
@@ -169,6 +170,10 @@ def test_mle_baseline_trains_under_the_same_harness(tiny_lm, coco_text, tmp_path
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     assert trainer.evaluate()["eval_loss"] < before - 0.1
+    # the logged per-token NLL: ~ln |V| from the near-uniform initial model, falling as it trains
+    nll = [h["generator/nll_per_token"] for h in trainer.state.log_history if "generator/nll_per_token" in h]
+    assert len(nll) == 5
+    assert abs(nll[0] - math.log(len(trainer.processing_class))) < 0.5 and nll[-1] < nll[0] - 0.1
 
 
 def test_lora_generator_save_then_from_pretrained_generate(tiny_lm, coco_text, tmp_path):
