@@ -1,7 +1,8 @@
 """What protects a user's runs, data and secrets: output folders, checkpoints, divergence, tokens.
 
-- An ``output_dir`` that holds an earlier run is refused unless the user overwrites or resumes it, and an
-  unwritable one is refused before any compute.
+- A run writes into an ``output_dir`` that is empty, holds an earlier hfcoop run (refused unless the user overwrites
+  or resumes it), or, with ``overwrite_output_dir``, holds other files; it never replaces or removes a file it did
+  not write. An unwritable ``output_dir`` is refused before any compute.
 - A checkpoint is marked complete only after every file of it is on disk, so a save cut short by a killed job is
   never the one ``resume_from_checkpoint=True`` picks; a checkpoint without optimizer/scheduler/RNG state is
   refused (resuming from it would silently not be exact).
@@ -36,6 +37,8 @@ RUN_FILE_PATTERNS = (
 _MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
                   "hfcoop_training_args.json")  # fmt: skip
 RUN_MARKER = "_hfcoop_run.json"  # "_": the Hub upload of output_dir skips it, as it skips the lock
+LOCK_NAME = "_hfcoop_run.lock"  # the run lock's file (hfcoop.run_lock), taken before the folder is checked
+_PROBE_PREFIX = ".hfcoop-write-test-"  # check_writable's probe; another process of the run may be writing one
 _MARKER_NOTE = "hfcoop writes into this folder: an overwrite replaces the files it wrote, never others."
 _SECRET_FLAG = re.compile(r"(token|secret|password|api_key|apikey)", re.IGNORECASE)
 
@@ -45,7 +48,7 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 class OutputDirError(ValueError):
-    """The output folder cannot take this run (an earlier run is there, or it cannot be written)."""
+    """The output folder cannot take this run (an earlier run or other files are there, or it cannot be written)."""
 
 
 class CheckpointError(ValueError):
@@ -77,18 +80,19 @@ def _shown(names: list[str]) -> str:
 
 
 def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool, clear: bool = True) -> None:
-    """Refuses, before any compute, an ``output_dir`` that cannot be written, that holds an earlier run, or that
-    holds files hfcoop did not write under a name the run writes; marks the folder as this run's.
+    """Refuses, before any compute, an ``output_dir`` the run may not write into; marks the folder as this run's.
 
-    hfcoop writes into a folder of an earlier hfcoop run (its marker ``RUN_MARKER``), or into any other folder none
-    of whose files the run would replace (a user's README.md in ``--output_dir .`` is refused). Resuming continues the earlier
-    run in place; ``overwrite`` replaces it: its run files are removed first (only the names a run writes, see
-    ``RUN_FILE_PATTERNS``), so the new run's export never sits beside the old run's companion, checkpoints,
-    completions or ``quality.json``. A file hfcoop did not write is never replaced or removed.
+    hfcoop writes into an ``output_dir`` that is missing or empty (but for its lock and write probe), or that holds
+    an earlier hfcoop run (its marker ``RUN_MARKER``): resuming continues that run in place; ``overwrite`` replaces
+    it: its run files are removed first (only the names a run writes, see ``RUN_FILE_PATTERNS``), so the new run's
+    export never sits beside the old run's companion, checkpoints, completions or ``quality.json``; without either
+    it is refused. A folder of files hfcoop did not write is refused unless ``overwrite``, which writes beside them,
+    and even then if the run would replace one of them (a user's README.md in ``--output_dir .``). A file hfcoop did
+    not write is never replaced or removed. An unwritable ``output_dir`` is refused.
     """
     check_writable(output_dir)
     if not owns_output_dir(output_dir):
-        _check_foreign_output_dir(output_dir)
+        _check_foreign_output_dir(output_dir, overwrite)
     else:
         found = earlier_run_files(output_dir)
         if found and not resuming:
@@ -109,8 +113,18 @@ def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool, clear:
         _write_json(os.path.join(output_dir, RUN_MARKER), {"written_by": "hfcoop", "note": _MARKER_NOTE})
 
 
-def _check_foreign_output_dir(output_dir: str) -> None:
-    """A folder hfcoop has not written to: the run may write beside its files, never over them."""
+def _check_foreign_output_dir(output_dir: str, overwrite: bool) -> None:
+    """A folder hfcoop has not written to: written only if empty, or beside its files (never over them) with
+    ``overwrite``."""
+    # hfcoop's own files that another process of this run (or a killed run) may leave here do not count.
+    own = (LOCK_NAME, RUN_MARKER, RUN_MARKER + ".tmp")  # .tmp: _write_json's, while the marker is written
+    found = sorted(n for n in os.listdir(output_dir) if n not in own and not n.startswith(_PROBE_PREFIX))
+    if found and not overwrite:
+        raise OutputDirError(
+            f"output_dir '{output_dir}' is not empty and holds no hfcoop run ({_shown(found)}). Choose an empty or "
+            "new output_dir, or write beside these files with overwrite_output_dir=True (CLI: --overwrite_output_dir "
+            "true); hfcoop never replaces or removes files it did not write."
+        )
     clashes = run_files(output_dir)
     if clashes:
         raise OutputDirError(
@@ -131,7 +145,7 @@ def check_writable(output_dir: str) -> None:
     """Creates ``output_dir`` and writes a probe file in it; a clear error instead of a failure after training."""
     try:
         os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, f".hfcoop-write-test-{os.getpid()}")
+        probe = os.path.join(output_dir, f"{_PROBE_PREFIX}{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)

@@ -19,9 +19,7 @@ import sys
 import time
 from typing import Iterator
 
-from .guards import OutputDirError
-
-LOCK_NAME = "_hfcoop_run.lock"  # "_": the Hub upload of output_dir skips it
+from .guards import LOCK_NAME, OutputDirError  # LOCK_NAME: "_", the Hub upload of output_dir skips it
 _held: dict[str, tuple[int, int]] = {}  # real path of the lock -> (file descriptor, nesting depth)
 
 

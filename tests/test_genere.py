@@ -308,7 +308,7 @@ def test_the_matching_generator_wins_whatever_the_lengths(normalization, micro_b
     model = build_tiny_model(str(tmp_path / "lm"), [" ".join(LENGTH_WORDS)], vocab_size=20, n_layer=1, n_embd=32,
                              n_head=2, n_positions=32)  # fmt: skip
     generators = [words_generator(1), words_generator(6), words_generator(10)]
-    args = config(tmp_path, max_steps=120, per_device_train_batch_size=micro_batch,
+    args = config(tmp_path / "out", max_steps=120, per_device_train_batch_size=micro_batch,
                   gradient_accumulation_steps=32 // micro_batch, learning_rate=1e-2,
                   lr_scheduler_type="constant", mle_warmup_steps=40, logging_steps=40,
                   likelihood_normalization=normalization)  # fmt: skip

@@ -19,7 +19,8 @@ from transformers import TrainerCallback
 
 from hfcoop import CoTConfig, MLEConfig, MLETrainer
 from hfcoop.cli import main
-from hfcoop.guards import CHECKPOINT_MARKER, checkpoint_problem, NonFiniteTrainingError, resolve_resume
+from hfcoop.guards import (CHECKPOINT_MARKER, checkpoint_problem, check_output_dir, NonFiniteTrainingError,
+                           OutputDirError, resolve_resume)
 from test_first_contact import COT_RECIPE, MLE_RECIPE, config, flags
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -71,23 +72,90 @@ def test_secret_keys_at_any_depth_of_init_kwargs_are_redacted(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 2, 7: output_dir
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {os.path.relpath(p, folder): open(p, "rb").read() for p in written_files(folder)}
+
+
 def test_a_folder_of_user_files_is_never_overwritten(tmp_path):
-    """Case 2: ``--output_dir .`` in a user's checkout replaced its README.md with the model card."""
+    """Case 2: ``--output_dir .`` in a user's checkout replaced its README.md with the model card; with
+    ``--overwrite_output_dir`` too a file hfcoop did not write is never replaced."""
     checkout = tmp_path / "checkout"
     (checkout / ".git").mkdir(parents=True)
     (checkout / "README.md").write_text("my project\n" * 200)
-    for overwrite in ([], ["--overwrite_output_dir", "true"]):
-        with pytest.raises(SystemExit, match=r"would replace \(README\.md\); hfcoop never replaces or removes them"):
-            main(["train", "mle", "--config", MLE_RECIPE, *flags(str(checkout)), *overwrite])
+    with pytest.raises(SystemExit, match=r"is not empty and holds no hfcoop run \(\.git, README\.md\)\. .*"
+                                         r"--overwrite_output_dir true\); hfcoop never replaces or removes files"):
+        main(["train", "mle", "--config", MLE_RECIPE, *flags(str(checkout))])
+    with pytest.raises(SystemExit, match=r"would replace \(README\.md\); hfcoop never replaces or removes them"):
+        main(["train", "mle", "--config", MLE_RECIPE, *flags(str(checkout)), "--overwrite_output_dir", "true"])
     assert (checkout / "README.md").read_text() == "my project\n" * 200
     assert sorted(os.listdir(checkout)) == [".git", "README.md"]  # nothing written, nothing removed
-    # Beside files it would not replace, a run writes; overwriting that run later removes only what it wrote.
+
+
+def test_a_folder_of_user_files_is_written_only_with_overwrite_and_left_byte_identical(tmp_path):
+    """A non-empty folder that is no hfcoop run was written into without any flag; now the flag is asked for, and
+    with it the run writes beside the user's files, which it (and overwriting it later) leaves byte for byte."""
     notes = tmp_path / "notes"
-    notes.mkdir()
+    (notes / "data").mkdir(parents=True)
     (notes / "my_notes.txt").write_text("mine")
-    main(["train", "mle", "--config", MLE_RECIPE, *flags(str(notes))])
+    (notes / "data" / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    before = snapshot(notes)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "mle", "--config", MLE_RECIPE, *flags(str(notes))])
+    assert str(info.value.code).splitlines()[0] == (
+        f"hfcoop: output_dir '{notes}' is not empty and holds no hfcoop run (data, my_notes.txt). Choose an empty or "
+        "new output_dir, or write beside these files with overwrite_output_dir=True (CLI: --overwrite_output_dir "
+        "true); hfcoop never replaces or removes files it did not write."
+    )
+    assert sorted(os.listdir(notes)) == ["data", "my_notes.txt"]  # refused before anything was written
     main(["train", "mle", "--config", MLE_RECIPE, *flags(str(notes)), "--overwrite_output_dir", "true"])
-    assert (notes / "my_notes.txt").read_text() == "mine" and (notes / "model.safetensors").exists()
+    assert (notes / "model.safetensors").exists() and (notes / "_hfcoop_run.json").exists()
+    assert {k: v for k, v in snapshot(notes).items() if k in before} == before
+    # Now an hfcoop run: replacing it removes only what the run wrote.
+    main(["train", "mle", "--config", MLE_RECIPE, *flags(str(notes)), "--overwrite_output_dir", "true"])
+    assert (notes / "model.safetensors").exists()
+    assert {k: v for k, v in snapshot(notes).items() if k in before} == before
+
+
+def test_an_empty_folder_is_written_and_only_hfcoops_own_files_count_as_empty(tmp_path):
+    """An existing empty folder (the CLI has taken its lock in it by the check) and one holding only a killed run's
+    lock and write probe are written without a flag; a single hidden file of the user's is not ignored."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    main(["train", "mle", "--config", MLE_RECIPE, *flags(str(empty))])
+    assert (empty / "model.safetensors").exists()
+    check_output_dir(str(empty), overwrite=True, resuming=False)  # an earlier run's folder: overwrite as before
+    assert not (empty / "model.safetensors").exists()
+    leftovers = tmp_path / "leftovers"
+    leftovers.mkdir()
+    (leftovers / "_hfcoop_run.lock").write_text('{"pid": 999999999}')
+    (leftovers / ".hfcoop-write-test-999999999").write_text("ok")
+    (leftovers / "_hfcoop_run.json.tmp").write_text("{")
+    check_output_dir(str(leftovers), overwrite=False, resuming=False)
+    assert (leftovers / "_hfcoop_run.json").exists()
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / ".env").write_text("KEY=1")
+    with pytest.raises(OutputDirError, match=r"is not empty and holds no hfcoop run \(\.env\)"):
+        check_output_dir(str(hidden), overwrite=False, resuming=False)
+    assert os.listdir(hidden) == [".env"]
+
+
+def test_an_earlier_run_is_refused_resumed_or_replaced_as_before(tmp_path):
+    """An hfcoop run's folder (its marker) keeps its rule: refused unless resumed or overwritten; an overwrite
+    removes the run's files and keeps the user's, which the strict rule for foreign folders does not refuse."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "_hfcoop_run.json").write_text("{}")
+    (out / "model.safetensors").write_text("old weights")
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"holds an earlier run \(model\.safetensors\)"):
+        check_output_dir(str(out), overwrite=False, resuming=False)
+    check_output_dir(str(out), overwrite=False, resuming=True)
+    assert (out / "model.safetensors").exists()
+    check_output_dir(str(out), overwrite=True, resuming=False)
+    assert sorted(os.listdir(out)) == ["_hfcoop_run.json", "my_notes.txt"]
+    check_output_dir(str(out), overwrite=False, resuming=False)  # a run's folder without its results: written
 
 
 def test_overwrite_removes_the_old_runs_completions(tmp_path):

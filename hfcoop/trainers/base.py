@@ -116,7 +116,8 @@ class CooperativeConfig(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace an earlier run in output_dir (its model, checkpoints, companion and reports are "
-                  "removed first). Without it such an output_dir is refused unless you resume."},
+                  "removed first), or write beside the files of a non-empty folder that is no hfcoop run (never over "
+                  "them). Without it such an output_dir is refused unless you resume an earlier run."},
     )
     companion_warmup_steps: int = field(
         default=0,
@@ -684,8 +685,9 @@ class CooperativeTrainer(Trainer):
 
         ``resume_from_checkpoint=True`` picks the newest *complete* checkpoint (one whose save finished), and the
         checkpoint must be of this run's algorithm, model shapes and tokenizer; an earlier run in ``output_dir`` is
-        refused unless ``overwrite_output_dir`` or resuming, as is a second live run there. SIGTERM / SIGINT stop
-        at the next step boundary with a checkpoint (:mod:`hfcoop.preemption`).
+        refused unless ``overwrite_output_dir`` or resuming, a non-empty folder that is no hfcoop run unless
+        ``overwrite_output_dir``, and a second live run there. SIGTERM / SIGINT stop at the next step boundary with a
+        checkpoint (:mod:`hfcoop.preemption`).
         """
         locked = self.args.should_save  # the main process writes the folder: it holds the lock
         if locked:
