@@ -222,7 +222,8 @@ def test_bad_configs_and_inputs(tiny_lm, coco_text, coco_prompt_completion, tmp_
         gcn_args(tmp_path, sampler="resample", weight_baseline=True)
     with pytest.raises(ValueError, match="exact p_theta samples"):
         gcn_args(tmp_path, weight_baseline=True, top_k=5)
-    with pytest.raises(ValueError, match="num_candidates >= 2"):
+    one_candidate = "sampler='model' on prompt/completion data self-normalises.*num_candidates >= 2"
+    with pytest.raises(ValueError, match=one_candidate):
         GCNTrainer(tiny_lm, train_dataset=coco_prompt_completion, args=gcn_args(tmp_path, num_candidates=1))
     two = GPT2ForSequenceClassification(GPT2Config(vocab_size=600, n_layer=1, n_embd=16, n_head=2, num_labels=2,
                                                    bos_token_id=0, eos_token_id=0))  # fmt: skip
@@ -306,3 +307,56 @@ def test_gcn_warns_about_distorted_sampling(setting, tiny_lm, coco_text, tmp_pat
             GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path))
         except UserWarning as w:
             assert "biases" not in str(w)
+
+
+# ---------------------------------------------------------------- the step's pieces by hand (mutation survivors)
+def test_discriminator_metrics_by_hand(tiny_lm, coco_text, tmp_path):
+    """D's logged loss and accuracy for known logits: real rows first; a logit of exactly 0 counts as neither."""
+    trainer = GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path))
+    trainer.model.train()
+    d = torch.tensor([[2.0], [-1.0], [0.5], [-3.0], [0.0]])  # 2 real rows, 3 generated
+    empty = torch.zeros(3, 1, dtype=torch.long)
+    loss = trainer._discriminator_loss(d, 2, empty, empty, empty)
+    real, gen = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0, 0.0])
+    expected = -0.5 * (F.logsigmoid(real).mean() + F.logsigmoid(-gen).mean())  # balanced binary cross-entropy
+    torch.testing.assert_close(loss, expected)
+    metrics = {k: float(v[-1]) for k, v in trainer._metrics["train"].items()}
+    assert metrics["companion/accuracy"] == pytest.approx(0.5 * (1 / 2 + 1 / 3))
+    assert metrics["companion/d_real"] == pytest.approx(float(torch.sigmoid(real).mean()))
+    assert metrics["companion/d_generated"] == pytest.approx(float(torch.sigmoid(gen).mean()))
+
+
+@pytest.mark.parametrize("mle_weight", [0.0, 0.3])
+def test_generator_loss_with_the_mle_term_by_hand(mle_weight, tiny_lm, coco_text, tmp_path):
+    """(1 - λ) · self-normalised D-weighted NLL of q̂'s samples + λ · mean NLL of the real rows (per sequence)."""
+    trainer = GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path, mle_weight=mle_weight))
+    trainer.model.train()
+    logprobs = -torch.tensor([[0.5, 1.0, 0.0], [2.0, 0.0, 0.0], [0.25, 0.25, 0.5], [1.0, 3.0, 0.0], [4.0, 0.0, 0.0]])
+    d = torch.tensor([1.0, -1.0, 0.5])  # D's logits of the 3 sampled rows; rows 3 and 4 are real
+    loss = trainer._generator_loss(logprobs, 3, d, torch.zeros(3, dtype=torch.long))
+    w = torch.sigmoid(d)  # weighting 'd' (default), sampler 'model': w = D, self-normalised over the text batch
+    w = w / w.sum()
+    nll = torch.tensor([1.5, 2.0, 1.0])
+    expected = (1 - mle_weight) * (w * nll).sum() + mle_weight * (4.0 + 4.0) / 2
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-5, atol=1e-6)
+    assert ("generator/mle_nll" in trainer._metrics["train"]) == (mle_weight > 0)
+
+
+def test_mcts_sampler_passes_its_settings_and_logs_lengths(tiny_lm, coco_prompt_completion, tmp_path, monkeypatch):
+    import hfcoop.trainers.gcn as gcn_module
+
+    seen = []
+    real = gcn_module.mcts_decode
+    monkeypatch.setattr(gcn_module, "mcts_decode", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
+    args = gcn_args(tmp_path, sampler="mcts", num_simulations=6, mcts_top_k=3, top_k=7, top_p=0.9, c_puct=2.0,
+                    mcts_visit_temperature=0.5, max_steps=2)  # fmt: skip
+    with pytest.warns(UserWarning, match="top_k=7, top_p=0.9"):
+        trainer = GCNTrainer(tiny_lm, train_dataset=coco_prompt_completion, args=args)
+    trainer.train()
+    (kw,) = seen  # step 1 trains D on plain samples, step 2 the generator on MCTS samples
+    assert (kw["num_simulations"], kw["top_k"], kw["filter_top_k"], kw["top_p"], kw["c_puct"]) == (6, 3, 7, 0.9, 2.0)
+    assert (kw["max_new_tokens"], kw["visit_temperature"]) == (6, 0.5)
+    assert any("samples/mcts_completion_length" in h for h in trainer.state.log_history)
+    with pytest.raises(ValueError, match="num_simulations"):
+        gcn_args(tmp_path, sampler="mcts", num_simulations=2, mcts_top_k=4)  # fewer simulations than children
+    gcn_args(tmp_path, sampler="model", num_simulations=2, mcts_top_k=4)  # only the MCTS sampler searches

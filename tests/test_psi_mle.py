@@ -395,10 +395,41 @@ def test_mismatched_lengths_are_clear_errors(tiny_lm, coco_text, tmp_path):
 
 
 def test_non_finite_ratios_are_clear_errors(tiny_lm, coco_text, tmp_path):
-    with pytest.raises(FloatingPointError, match="non-finite log-ratios"):
+    with pytest.raises(FloatingPointError, match="the ratio model produced 1 non-finite log-ratios"):
         check_finite_log_ratios(torch.tensor([0.0, float("nan")]))
     trainer = PsiMLETrainer(tiny_lm, train_dataset=coco_text, args=psi_args(tmp_path))
     with torch.no_grad():
         trainer.pair.companion.score.weight.fill_(float("inf"))
     with pytest.raises(FloatingPointError, match="ratio_learning_rate"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("target", ["mixture", "model"])
+def test_companion_step_passes_its_settings_to_the_ratio_loss(target, tiny_lm, coco_text, tmp_path, monkeypatch):
+    """The ratio model's step: real rows then as many samples, scored once, Eq. 11 with the configured Bregman
+    function, target and m; the logged loss is the one returned."""
+    import hfcoop.trainers.psi_mle as psi_module
+
+    args = psi_args(tmp_path, mixture_weight=0.3, ratio_target=target, bregman_f="softplus")
+    trainer = PsiMLETrainer(tiny_lm, train_dataset=coco_text, args=args)
+    seen = []
+    real = psi_module.psi_mle_ratio_loss
+    monkeypatch.setattr(psi_module, "psi_mle_ratio_loss", lambda *a: (seen.append(a), real(*a))[1])
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.state.global_step = 0  # a companion step
+    trainer.model.train()
+    trainer.cooperative_step(trainer.model, batch)
+    (log_real, log_gen, bregman, got_target, m), = seen
+    n = batch["completion_input_ids"].shape[0]
+    assert (log_real.shape[0], log_gen.shape[0], bregman, got_target, m) == (n, n, "softplus", target, 0.3)
+    logged = float(trainer._metrics["train"]["companion/loss"][-1])
+    assert logged == pytest.approx(float(real(log_real, log_gen, "softplus", target, 0.3)), rel=1e-6)
+
+
+def test_overflowing_ratios_are_a_clear_error(tiny_lm, coco_text, tmp_path):
+    """Finite log-ratios whose exp overflows (the 'squared' Bregman function needs r itself) are named as such."""
+    trainer = PsiMLETrainer(tiny_lm, train_dataset=coco_text, args=psi_args(tmp_path, bregman_f="squared"))
+    # log r = 200 on every row: finite, but exp(200) = inf in float32
+    trainer.pair.companion.score.register_forward_hook(lambda module, inputs, out: torch.full_like(out, 200.0))
+    with pytest.raises(FloatingPointError, match=r"exp\(log-ratio\)"):
         trainer.train()
