@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, Algorithm
 from .validation import (
     InputError, check_config_file, check_output_path, check_ranges, exits_on_input_error, length_budget_problem, require,
 )
@@ -140,11 +140,12 @@ def apply_model_arguments(model: Any, args: Any) -> Any:
     return get_peft_config(model)
 
 
-def _algorithm(name: str) -> tuple[type, type]:
-    """(Config, Trainer) of a registered algorithm; a clear error for an unknown name."""
+def _algorithm(name: str) -> Algorithm:
+    """The registry entry of an algorithm (its trainer is imported only when used); a clear error for an unknown
+    name."""
     if name not in ALGORITHMS:
         raise SystemExit(f"hfcoop: unknown algorithm '{name}'. Choose one of: {', '.join(ALGORITHMS)}.")
-    return ALGORITHMS[name].config_cls, ALGORITHMS[name].trainer_cls
+    return ALGORITHMS[name]
 
 
 def config_path(argv: list[str]) -> str | None:
@@ -401,14 +402,16 @@ def _field_lines(dataclass_type: type, names: set[str] | None = None) -> list[st
     return lines
 
 
-def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
-    """``hfcoop train <algorithm> --help``: hfcoop's own fields grouped, TrainingArguments' named, not described."""
+def train_help(algorithm: Algorithm) -> str:
+    """``hfcoop train <algorithm> --help``: hfcoop's own fields grouped, TrainingArguments' named, not described.
+    Reads the configs only: no trainer is imported (as fast as ``trl sft --help``, benchmarks/cli_startup.py)."""
     import textwrap
 
     from transformers import TrainingArguments
 
-    from .trainers import CooperativeConfig
+    from .trainers.base_config import CooperativeConfig
 
+    name, config_cls = algorithm.name, algorithm.config_cls
     base = {f.name for f in dataclasses.fields(TrainingArguments)}
     shared = {f.name for f in dataclasses.fields(CooperativeConfig)}
     own = {f.name for f in dataclasses.fields(config_cls)} - shared
@@ -423,15 +426,15 @@ def train_help(name: str, config_cls: type, trainer_cls: type) -> str:
         "Companion and data (hfcoop):",
         *_field_lines(ScriptArguments),
         "",
-        f"{trainer_cls.algorithm_title} ({config_cls.__name__}'s own fields):",
+        f"{algorithm.title} ({config_cls.__name__}'s own fields):",
         *(_field_lines(config_cls, own) or ["  (no fields of its own)"]),
         "",
         "Shared by every hfcoop algorithm (CooperativeConfig):",
         *_field_lines(config_cls, shared - base),
         "",
         "Most used transformers.TrainingArguments fields (same names and meaning as in Trainer / TRL):",
-        *__import__("textwrap").wrap(", ".join(f"--{n}" for n in COMMON_TRAINING_ARGUMENTS), 110,
-                                     initial_indent="  ", subsequent_indent="  "),
+        *textwrap.wrap(", ".join(f"--{n}" for n in COMMON_TRAINING_ARGUMENTS), 110,
+                       initial_indent="  ", subsequent_indent="  "),
         "",
         f"{len(inherited)} more TrainingArguments fields are accepted; `hfcoop train {name} --help-all` describes them.",
     ]  # fmt: skip
@@ -526,11 +529,12 @@ def train(argv: list[str]) -> dict[str, Any]:
         raise SystemExit(f"usage: hfcoop train <{'|'.join(ALGORITHMS)}> --config recipe.yaml [--flag value ...]\n"
                          "       hfcoop train <algorithm> --help")  # fmt: skip
     name, argv = argv[0], argv[1:]
-    config_cls, trainer_cls = _algorithm(name)
+    algorithm = _algorithm(name)
+    config_cls = algorithm.config_cls  # the trainer is imported only to train (build_trainer)
     if "--help-all" in argv:
         argv = ["--help"]  # argparse's full help: every field, TrainingArguments' included
     elif "-h" in argv or "--help" in argv:
-        print(train_help(name, config_cls, trainer_cls))
+        print(train_help(algorithm))
         return {}
     model_cls = model_arguments()
     fields = {f.name for cls in (ScriptArguments, config_cls, model_cls) for f in dataclasses.fields(cls)}

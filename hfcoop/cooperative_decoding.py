@@ -27,6 +27,7 @@ from .data import start_token_id
 from .sampling import build_generation_config, sample_completions
 from .modeling import eos_token_ids, load_causal_lm, load_tokenizer, max_positions
 from .scorers import ScoreFn, ScorerInputs, SequenceScorer, load_scorer
+from .validation import check_mcts_simulations
 
 
 def resample_log_weights(logits: torch.Tensor, weighting: str = "d") -> torch.Tensor:
@@ -146,21 +147,6 @@ def _next_token_probs(
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits[:, -1]
     return torch.softmax(logits.float() / temperature, dim=-1)
-
-
-def check_mcts_simulations(num_simulations: int, top_k: int, names: tuple[str, str] = ("num_simulations", "top_k")
-                           ) -> None:  # fmt: skip
-    """MCTS searches only when every child of the root gets a value from D: the first simulation expands the root
-    and each of its ``top_k`` children needs one visit, so ``num_simulations`` must exceed ``top_k``. With fewer,
-    the pick ignores D: uniform among the top-k with 1 simulation (no child visited), greedy on the prior with 2."""
-    if num_simulations <= top_k:
-        sims, k = names
-        raise ValueError(
-            f"MCTS with {sims}={num_simulations} and {k}={top_k} is not a search: the first simulation expands the "
-            f"root and each of its {top_k} children needs a visit before D's value can change the pick (with 1 "
-            f"simulation it is uniform among the top-k, with 2 greedy on the prior). Use {sims} >= {top_k + 1} "
-            f"(a few times more lets D steer the visits) or a smaller {k}."
-        )
 
 
 @torch.no_grad()

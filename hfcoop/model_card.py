@@ -295,7 +295,7 @@ def write_model_card(
     text = render_model_card(
         model_id=usage_id(trainer, output_dir),
         algorithm=trainer.algorithm,
-        algorithm_title=trainer.algorithm_title,
+        algorithm_title=trainer.config_class.algorithm_title,
         paper=trainer.paper,
         citation=trainer.citation,
         base_model=trainer.base_model_id,

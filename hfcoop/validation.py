@@ -4,8 +4,9 @@ Command-line flags are typed by argparse, but a YAML recipe's values become the 
 the dataclasses as YAML typed them: ``max_steps: 2.5`` trained 2 steps, ``learning_rate: [1]`` and
 ``seed: null`` failed deep inside torch. :func:`check_recipe_values` compares each YAML value with its field's
 type annotation (with argparse's own conversion of strings), :func:`check_ranges` the parsed values with the
-ranges below, and :func:`length_budget_problem` is the one rule for prompt + completion lengths against a
-model's positions (training and sampling alike).
+ranges below, :func:`length_budget_problem` is the one rule for prompt + completion lengths against a
+model's positions (training and sampling alike), and :func:`check_mcts_simulations` the one rule for an MCTS search's
+simulations (``GCNConfig`` and ``mcts_decode`` alike).
 """
 
 from __future__ import annotations
@@ -278,3 +279,18 @@ def check_output_path(path: str | None, flag: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     require(os.path.isdir(folder), f"{flag} '{path}': the folder {folder} does not exist. Create it first.")
     require(os.access(folder, os.W_OK), f"{flag} '{path}': the folder {folder} cannot be written.")
+
+
+def check_mcts_simulations(num_simulations: int, top_k: int, names: tuple[str, str] = ("num_simulations", "top_k")
+                           ) -> None:  # fmt: skip
+    """MCTS searches only when every child of the root gets a value from D: the first simulation expands the root
+    and each of its ``top_k`` children needs one visit, so ``num_simulations`` must exceed ``top_k``. With fewer,
+    the pick ignores D: uniform among the top-k with 1 simulation (no child visited), greedy on the prior with 2."""
+    if num_simulations <= top_k:
+        sims, k = names
+        raise ValueError(
+            f"MCTS with {sims}={num_simulations} and {k}={top_k} is not a search: the first simulation expands the "
+            f"root and each of its {top_k} children needs a visit before D's value can change the pick (with 1 "
+            f"simulation it is uniform among the top-k, with 2 greedy on the prior). Use {sims} >= {top_k + 1} "
+            f"(a few times more lets D steer the visits) or a smaller {k}."
+        )

@@ -15,8 +15,9 @@ def test_entries_agree_with_their_trainer_classes():
     for name, algorithm in ALGORITHMS.items():
         trainer_cls = algorithm.trainer_cls
         assert trainer_cls.algorithm == name
-        assert _algorithm(name) == (trainer_cls.config_class, trainer_cls)
-        assert algorithm.title == trainer_cls.algorithm_title
+        assert _algorithm(name) is algorithm
+        assert algorithm.config_cls is trainer_cls.config_class  # the registry's config_path names the trainer's config
+        assert algorithm.title == algorithm.config_cls.algorithm_title
         argument = algorithm.companion_argument
         if algorithm.companion_source == "companion_name_or_path":  # a model companion, saved under its name
             assert argument == trainer_cls.companion_name

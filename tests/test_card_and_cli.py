@@ -119,6 +119,21 @@ def test_top_level_help_does_not_import_torch():
     assert "hfcoop env" in result.stdout and "hfcoop generate" in result.stdout
 
 
+def test_train_help_imports_no_trainer():
+    """`hfcoop train <algorithm> --help` reads its config module only, as `trl sft --help` reads SFTConfig: no
+    Trainer, data or model code. What TrainingArguments imports itself (transformers 5: peft, bitsandbytes) is both
+    commands' cost; anything on the list beyond it is hfcoop's (the trainer modules once put all of it there)."""
+    heavy = ["transformers.trainer", "peft", "bitsandbytes", "datasets", "hfcoop.trainers.base", "hfcoop.trainers.cot",
+             "hfcoop.modeling"]  # fmt: skip
+    code = ("import sys; from transformers import TrainingArguments; before = set(sys.modules); "
+            "from hfcoop.cli import main; main(['train', 'cot', '--help']); "
+            f"print('loaded:', sorted(m for m in {heavy!r} if m in sys.modules and m not in before))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "(CoTConfig's own fields)" in result.stdout
+    assert result.stdout.splitlines()[-1] == "loaded: []"
+
+
 def test_train_help_groups_fields_and_points_to_help_all(capsys):
     main(["train", "gcn", "--help"])
     text = capsys.readouterr().out

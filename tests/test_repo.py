@@ -46,7 +46,7 @@ def test_every_recipe_parses_into_its_config(recipe):
     name = "psi_mle" if stem.startswith("psi_mle") else stem.split("_")[0].removesuffix(".yaml")
     name = name if name in ALGORITHMS else os.path.basename(os.path.dirname(recipe))  # recipes/<algorithm>/x.yaml
     assert name in ALGORITHMS, f"recipe {recipe}: name it <algorithm>[_variant].yaml or put it in recipes/<algorithm>/"
-    config_cls, _ = _algorithm(name)
+    config_cls = _algorithm(name).config_cls
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU machine: override it, check the rest.
     script, args, _ = parse((ScriptArguments, config_cls, model_arguments()),
                             ["--config", recipe, "--bf16", "false", "--fp16", "false"])  # fmt: skip

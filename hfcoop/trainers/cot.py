@@ -13,7 +13,6 @@ the copy itself would have KL(G‖M) = 0 and a zero gradient).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,7 +31,8 @@ from ..losses import (
 )
 from ..modeling import check_same_vocabulary, load_causal_lm
 from ..shared_base import add_companion_adapter
-from .base import CooperativeConfig, CooperativeTrainer, warn_distorted_sampling
+from .base import CooperativeTrainer, warn_distorted_sampling
+from .cot_config import CoTConfig
 
 COT_CITATION = """@inproceedings{lu2019cot,
   title     = {{CoT}: Cooperative Training for Generative Modeling of Discrete Data},
@@ -40,39 +40,6 @@ COT_CITATION = """@inproceedings{lu2019cot,
   booktitle = {Proceedings of the 36th International Conference on Machine Learning},
   year      = {2019}
 }"""
-
-
-@dataclass
-class CoTConfig(CooperativeConfig):
-    """Configuration of :class:`CoTTrainer` (plus every ``TrainingArguments`` field)."""
-
-    mediator_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Learning rate of the mediator (None: the generator's; the paper found equal rates best)."},
-    )
-    mediator_steps: int = field(
-        default=1,
-        metadata={"help": "N_m of Algorithm 1: mediator-only optimizer steps before each generator-only step."},
-    )
-    gamma: float = field(
-        default=0.0,
-        metadata={"help": "Weight of the high-variance REINFORCE term of Sec. 3.1.3 (0 = Eq. 14, the paper's choice)."},
-    )
-    kl_chunk_size: int | None = field(
-        default=1024,
-        metadata={"help": "Positions per chunk of the full-vocabulary KL (bounds memory for large vocabularies)."},
-    )
-
-    @property
-    def companion_learning_rate(self) -> float | None:
-        return self.mediator_learning_rate
-
-    def __post_init__(self) -> None:
-        if self.mediator_steps < 1:
-            raise ValueError(f"mediator_steps must be >= 1, got {self.mediator_steps}.")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
-        super().__post_init__()
 
 
 class CoTTrainer(CooperativeTrainer):
@@ -90,7 +57,6 @@ class CoTTrainer(CooperativeTrainer):
 
     config_class = CoTConfig
     algorithm = "cot"
-    algorithm_title = "Cooperative Training (CoT)"
     companion_name = "mediator"
     paper = "CoT: Cooperative Training for Generative Modeling of Discrete Data (Lu et al., ICML 2019), arXiv:1804.03782"
     citation = COT_CITATION

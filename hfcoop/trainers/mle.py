@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
 from ..losses import masked_token_mean, mle_loss, packed_token_logprobs, scale_to_token_budget
-from .base import CooperativeConfig, CooperativeTrainer
-
-
-@dataclass
-class MLEConfig(CooperativeConfig):
-    """Teacher-forced maximum likelihood on the completions (no companion, no sampling)."""
-
-    has_learned_companion: ClassVar[bool] = False
+from .base import CooperativeTrainer
+from .mle_config import MLEConfig
 
 
 class MLETrainer(CooperativeTrainer):
@@ -25,7 +16,6 @@ class MLETrainer(CooperativeTrainer):
 
     config_class = MLEConfig
     algorithm = "mle"
-    algorithm_title = "Maximum likelihood (MLE)"
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  peft_config=None, callbacks=None, optimizers=(None, None), compute_metrics=None,

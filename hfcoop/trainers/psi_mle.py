@@ -20,13 +20,11 @@ toward ``E_{p_data}[log p_theta]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import torch
 from torch import nn
 
 from ..batching import concat_rows
 from ..losses import (
-    BREGMAN_FUNCTIONS,
     density_ratio_loss,
     effective_sample_size,
     importance_weights,
@@ -36,7 +34,8 @@ from ..losses import (
     weighted_nll_loss,
 )
 from ..scorers import ScorerCompanionMixin
-from .base import CooperativeConfig, CooperativeTrainer
+from .base import CooperativeTrainer
+from .psi_mle_config import PsiMLEConfig
 
 PSI_MLE_CITATION = """@inproceedings{song2020psimle,
   title     = {Improving Maximum Likelihood Training for Text Generation with Density Ratio Estimation},
@@ -44,64 +43,6 @@ PSI_MLE_CITATION = """@inproceedings{song2020psimle,
   booktitle = {Proceedings of the 23rd International Conference on Artificial Intelligence and Statistics},
   year      = {2020}
 }"""
-
-RATIO_TARGETS = ("mixture", "model")
-
-
-@dataclass
-class PsiMLEConfig(CooperativeConfig):
-    """Configuration of :class:`PsiMLETrainer` (plus every ``TrainingArguments`` field)."""
-
-    mixture_weight: float = field(
-        default=0.5,
-        metadata={"help": "m of Eq. 5: share of real data in p_mix = m p_data + (1 - m) p_theta (paper: 1/2)."},
-    )
-    bregman_f: str = field(
-        default="logistic",
-        metadata={
-            "help": "f of the Bregman objective (Table 4): 'logistic' = t log t - (1+t) log(1+t) (paper default), "
-            "'squared' = (t-1)^2/2, 'softplus' = ln(1+e^t)."
-        },
-    )
-    ratio_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the ratio estimator r_ψ (None: the generator's)."}
-    )
-    ratio_target: str = field(
-        default="mixture",
-        metadata={
-            "help": "Ratio learnt by r_ψ: 'mixture' = p_data/p_mix (Eq. 11, Table 4) or 'model' = p_data/p_theta "
-            "(Algorithm 1, line 8; converted to p_data/p_mix for the generator's weights)."
-        },
-    )
-    self_normalize: bool = field(
-        default=True, metadata={"help": "Self-normalise the importance weights over the micro-batch (Eq. 18)."}
-    )
-    flatten_alpha: float = field(
-        default=1.0,
-        metadata={"help": "α of Eq. 19: weights r^α (0 = uniform, i.e. plain MLE on the mixture; 1 = plain ratios)."},
-    )
-    scorer_tokenizer: str | None = field(
-        default=None,
-        metadata={
-            "help": "Tokenizer of the ratio model if it differs from the generator's (texts are re-tokenised). "
-            "None: the ratio model checkpoint's own for a path, else the generator's."
-        },
-    )
-
-    @property
-    def companion_learning_rate(self) -> float | None:
-        return self.ratio_learning_rate
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mixture_weight <= 1.0:
-            raise ValueError(f"mixture_weight must be in [0, 1], got {self.mixture_weight}.")
-        if self.bregman_f not in BREGMAN_FUNCTIONS:
-            raise ValueError(f"bregman_f must be one of {BREGMAN_FUNCTIONS}, got {self.bregman_f!r}.")
-        if self.ratio_target not in RATIO_TARGETS:
-            raise ValueError(f"ratio_target must be one of {RATIO_TARGETS}, got {self.ratio_target!r}.")
-        if self.flatten_alpha < 0:
-            raise ValueError(f"flatten_alpha must be >= 0, got {self.flatten_alpha}.")
-        super().__post_init__()
 
 
 def psi_mle_ratio_loss(
@@ -140,7 +81,6 @@ class PsiMLETrainer(ScorerCompanionMixin, CooperativeTrainer):
 
     config_class = PsiMLEConfig
     algorithm = "psi_mle"
-    algorithm_title = "ψ-MLE (MLE with density-ratio bias correction)"
     companion_name = "ratio_model"
     scorer_role = "ratio model"
     paper = (
