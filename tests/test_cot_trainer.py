@@ -284,6 +284,18 @@ def test_encoder_only_generator_is_refused(tiny_lm, coco_text, tmp_path):
     tok.save_pretrained(bert_dir)
     with pytest.raises(ValueError, match="encoder-only"):
         CoTTrainer(bert_dir, train_dataset=coco_text, args=cot_args(tmp_path))
+    with pytest.raises(ValueError, match="^mediator .* is an encoder-only model"):  # names the model at fault
+        CoTTrainer(tiny_lm, mediator=bert_dir, train_dataset=coco_text, args=cot_args(tmp_path))
+
+
+def test_mediator_step_logs_the_two_halves_of_its_balanced_nll(tiny_lm, coco_text, tmp_path):
+    """Eq. 9: the logged mediator loss is the mean of the per-sequence NLLs of the real and the generated rows."""
+    trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=cot_args(tmp_path, max_steps=1))
+    trainer.train()
+    (first,) = [h for h in trainer.state.log_history if "companion/loss" in h]
+    real, generated = first["companion/nll_real"], first["companion/nll_generated"]
+    assert real > 1.0 and generated > 1.0 and real != generated  # per sequence: several tokens of ~ln|V| each
+    assert first["companion/loss"] == pytest.approx(0.5 * (real + generated), rel=1e-5)
 
 
 def test_tokenizer_without_pad_token_is_fixed_up(tiny_lm, coco_text, tmp_path):
