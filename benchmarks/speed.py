@@ -329,7 +329,7 @@ def time_parts(trainer, reps: int, cuda: bool) -> dict[str, tuple[float, float]]
     """
     import torch
     from hfcoop.losses import token_logprobs
-    from hfcoop.trainers.cot import pad_columns
+    from hfcoop.batching import pad_columns
 
     def sync() -> None:
         if cuda:
