@@ -110,6 +110,8 @@ def test_learns_the_matching_generator(equation_lm, tmp_path):
     with open(tmp_path / "export" / "genere_mixture.json") as f:
         saved = json.load(f)
     assert saved["mixture_proportions"] == pi and saved["generators"][MATCHING_GENERATOR] == "compute_words"
+    assert saved["mixture_logits"] == trainer.mixture_logits and saved["baseline"] == trainer.baseline != 0.0
+    assert saved["global_step"] == trainer.state.global_step == 300
     assert os.path.isfile(tmp_path / "export" / "model.safetensors")
 
 
