@@ -129,7 +129,7 @@ class CooperativeTrainer(Trainer):
         check_writable(args.output_dir)  # an unwritable folder fails now, not when the last step saves
         if args.update_order == UPDATE_ORDER_SIMULTANEOUS and args.world_size > 1:
             # A joint step runs two grad-enabled forwards of the wrapped pair before its one backward: DDP's reducer
-            # (which searches unused parameters from the last forward only) does not allow that.
+            # searches unused parameters from the last forward only, and DeepSpeed / FSDP paths are untested.
             raise ValueError(f"update_order='simultaneous' runs in one process only; this run has {args.world_size}. "
                              "Use update_order='papers' (the default) for distributed training.")
         self.check_sampling_settings(args)
@@ -571,9 +571,9 @@ class CooperativeTrainer(Trainer):
             return True
         if not self.generator_learns():
             return False
-        n = self.companion_steps()
         if self.args.update_order == UPDATE_ORDER_SIMULTANEOUS:
             return self.is_joint_step()
+        n = self.companion_steps()
         return (self.state.global_step - self.args.companion_warmup_steps) % (n + 1) == n
 
     def is_joint_step(self) -> bool:

@@ -73,8 +73,8 @@ class CooperativeConfig(TrainingArguments):
             "the cycle's last step is ONE joint step that trains both models on one sampling of G (shared by both "
             "losses), the generator reading the companion as it was BEFORE that step's update; so a CoT mediator "
             "that starts as a copy of G gives the very first generator update zero gradient (use "
-            "companion_warmup_steps). Half the sampling and, on CoT's exact toy, a lower JSD per generator update "
-            "(benchmarks/README.md). One process only; not for MLE or GENERE (no companion model)."
+            "companion_warmup_steps). Half the sampling and, on CoT's exact toy, 0.67x the time per generator update and "
+            "a lower median JSD per generator update, though not on every seed (benchmarks/README.md). One process only; not for MLE or GENERE (no companion model)."
         },
     )
     save_companion: bool = field(
