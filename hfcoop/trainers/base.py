@@ -7,7 +7,8 @@ signal from a forward without dropout or grad, the generator's loss. One backwar
 (DDP, DeepSpeed ZeRO-2/3, FSDP2); the optimizer holds per-model parameter groups and steps only the model of the
 step (:meth:`CooperativeTrainer.create_optimizer`). Subclasses implement :meth:`CooperativeTrainer.companion_update`
 and :meth:`CooperativeTrainer.generator_update` (MLE and GENERE, which have no companion model, override
-:meth:`CooperativeTrainer.cooperative_step`).
+:meth:`CooperativeTrainer.cooperative_step`). ``update_order="simultaneous"`` (an option, one process) makes the
+cycle's last step a joint one instead (:meth:`CooperativeTrainer.is_joint_step`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ from ..shared_base import GENERATOR_ADAPTER, check_shared_base_peft_config
 from ..sampling import build_generation_config, export_generation_config, generation_mode, sample_completions
 from ..watching import CompletionsLogger, write_completions
 from ..validation import InputError, length_budget_problem
-from .base_config import CooperativeConfig
+from .base_config import UPDATE_ORDER_SIMULTANEOUS, CooperativeConfig
 
 
 ROLE_KEY = "hfcoop_role"  # optimizer param-group key: "generator" or "companion"
@@ -126,6 +127,11 @@ class CooperativeTrainer(Trainer):
         if args.push_to_hub:
             check_hub_token(args.hub_token)
         check_writable(args.output_dir)  # an unwritable folder fails now, not when the last step saves
+        if args.update_order == UPDATE_ORDER_SIMULTANEOUS and args.world_size > 1:
+            # A joint step runs two grad-enabled forwards of the wrapped pair before its one backward: DDP's reducer
+            # searches unused parameters from the last forward only, and DeepSpeed / FSDP paths are untested.
+            raise ValueError(f"update_order='simultaneous' runs in one process only; this run has {args.world_size}. "
+                             "Use update_order='papers' (the default) for distributed training.")
         self.check_sampling_settings(args)
         train_format = validate_dataset(train_dataset, "train_dataset")
         eval_format = validate_dataset(eval_dataset, "eval_dataset")
@@ -270,7 +276,17 @@ class CooperativeTrainer(Trainer):
 
     def cooperative_step(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """One training step's loss (record statistics with :meth:`log_metric`): the papers' order, a generator
-        update against the companion as the previous steps left it, or a companion update."""
+        update against the companion as the previous steps left it, or a companion update; with
+        ``update_order="simultaneous"`` a joint step (:meth:`is_joint_step`) returns the sum of both, computed
+        before the step's one backward (so the generator reads the companion before this step's update), both
+        from ONE sampling of G (:meth:`sample` memoises its draws for the step)."""
+        self._joint_samples = None
+        if self.is_joint_step():
+            self._joint_samples = {}
+            try:
+                return self.generator_update(model, inputs) + self.companion_update(model, inputs)
+            finally:
+                self._joint_samples = None
         if self.is_generator_step():
             return self.generator_update(model, inputs)
         return self.companion_update(model, inputs)
@@ -310,7 +326,15 @@ class CooperativeTrainer(Trainer):
     def sample(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_return_sequences: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Completions sampled from the current generator for left-padded prompts (ids, mask), right-padded."""
+        """Completions sampled from the current generator for left-padded prompts (ids, mask), right-padded.
+
+        In a joint step (:meth:`cooperative_step`) a second call for the same prompt tensors and count returns the
+        first call's draws: both updates share one sampling (GCN's 'resample' draws K candidates for the generator
+        and 1 per prompt for D: different calls, not shared; 'mcts' does not sample here)."""
+        memo = getattr(self, "_joint_samples", None)
+        key = (id(prompt_ids), id(prompt_mask), num_return_sequences)
+        if memo is not None and key in memo:
+            return memo[key][2:]
         generator = self.pair.generator
         device_type = prompt_ids.device.type
         devices = [prompt_ids.device.index or 0] if device_type == "cuda" else []
@@ -323,6 +347,8 @@ class CooperativeTrainer(Trainer):
         self.log_metric("samples/completion_length", mask.sum(1).float().mean())
         eos = torch.tensor(self.eos_token_ids, device=ids.device)
         self.log_metric("samples/eos_rate", torch.isin(ids, eos).any(1).float().mean())
+        if memo is not None:  # the prompts are kept with their draws: no other tensor can reuse their ids
+            memo[key] = (prompt_ids, prompt_mask, ids, mask)
         return ids, mask
 
     def _sampling_seed(self) -> int:
@@ -545,8 +571,21 @@ class CooperativeTrainer(Trainer):
             return True
         if not self.generator_learns():
             return False
+        if self.args.update_order == UPDATE_ORDER_SIMULTANEOUS:
+            return self.is_joint_step()
         n = self.companion_steps()
         return (self.state.global_step - self.args.companion_warmup_steps) % (n + 1) == n
+
+    def is_joint_step(self) -> bool:
+        """Whether this optimizer step trains both models (``update_order="simultaneous"`` only): after the
+        companion warm-up each cycle is ``companion_steps() - 1`` companion steps, then one joint step whose
+        generator reads the companion as it was before the step (its update lands with the generator's)."""
+        if self.args.update_order != UPDATE_ORDER_SIMULTANEOUS or self.pair.companion is None:
+            return False
+        if not self.generator_learns():
+            return False
+        n = self.companion_steps()
+        return (self.state.global_step - self.args.companion_warmup_steps) % n == n - 1
 
     def companion_signal(self, model: nn.Module, part: PairInput) -> torch.Tensor:
         """The companion's output that the generator's loss reads (mediator logits, log r, D's logit): a forward of
@@ -619,6 +658,8 @@ class CooperativeTrainer(Trainer):
         None already; DeepSpeed's ZeRO optimizers hand the inner optimizer zero-filled flat partitions instead,
         whose step would move the idle model by its momentum. The hook sits on the inner torch optimizer, whose
         groups (and tags) DeepSpeed keeps."""
+        if self.is_joint_step():  # both models learn: every gradient stays
+            return
         trained = "generator" if self.is_generator_step() else "companion"
         for group in optimizer.param_groups:
             if group.get(ROLE_KEY, trained) != trained:

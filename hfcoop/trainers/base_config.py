@@ -16,6 +16,10 @@ from transformers import TrainingArguments
 
 from ..guards import known_secrets, redact_value
 
+UPDATE_ORDER_PAPERS = "papers"
+UPDATE_ORDER_SIMULTANEOUS = "simultaneous"
+UPDATE_ORDERS = (UPDATE_ORDER_PAPERS, UPDATE_ORDER_SIMULTANEOUS)
+
 
 @dataclass
 class CooperativeConfig(TrainingArguments):
@@ -58,6 +62,19 @@ class CooperativeConfig(TrainingArguments):
             "help": "Optimizer steps at the start in which only the companion learns (generator frozen). The companion "
             "starts uninformative (CoT mediator = G, ratio r = 1, D = 1/2), so early generator steps get no signal "
             "(CoT) or only noise (ψ-MLE, GCN). Measured: benchmarks/README.md."
+        },
+    )
+    update_order: str = field(
+        default=UPDATE_ORDER_PAPERS,
+        metadata={
+            "help": "'papers' (default): each optimizer step trains ONE model; a cycle is N companion steps (CoT's "
+            "mediator_steps, else 1) then one generator step on fresh samples against the UPDATED companion, as in "
+            "CoT/ψ-MLE Alg. 1 and GCN (faithful to the papers, the same path under every engine). 'simultaneous': "
+            "the cycle's last step is ONE joint step that trains both models on one sampling of G (shared by both "
+            "losses), the generator reading the companion as it was BEFORE that step's update; so a CoT mediator "
+            "that starts as a copy of G gives the very first generator update zero gradient (use "
+            "companion_warmup_steps). Half the sampling and, on CoT's exact toy, 0.67x the time per generator update and "
+            "a lower median JSD per generator update, though not on every seed (benchmarks/README.md). One process only; not for MLE or GENERE (no companion model)."
         },
     )
     save_companion: bool = field(
@@ -216,6 +233,11 @@ class CooperativeConfig(TrainingArguments):
                              ">= 1.")  # fmt: skip
         if self.companion_warmup_steps and not self.has_learned_companion:
             raise ValueError(f"companion_warmup_steps needs a learned companion model; {type(self).__name__} has none.")
+        if self.update_order not in UPDATE_ORDERS:
+            raise ValueError(f"update_order must be one of {UPDATE_ORDERS}, got {self.update_order!r}.")
+        if self.update_order == UPDATE_ORDER_SIMULTANEOUS and not self.has_learned_companion:
+            raise ValueError(f"update_order='simultaneous' trains a companion model in the generator's step; "
+                             f"{type(self).__name__} has none (use update_order='papers').")
         if self.shared_base and not self.has_learned_companion:
             raise ValueError(f"shared_base puts a companion model on the generator's base; {type(self).__name__} has none.")
         if self.ddp_find_unused_parameters is None:
