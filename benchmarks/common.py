@@ -71,6 +71,8 @@ def argument_parser(doc: str, quick: dict[str, Any], lr: float = 1e-3, pretrain_
     p.add_argument("--companion-warmup", type=int, default=0,
                    help="companion_warmup_steps of CoT / ψ-MLE / GCN (counted inside --steps: equal budget)")
     p.add_argument("--companion-lr", type=float, help="learning rate of every companion (default: --lr)")
+    p.add_argument("--update-order", default="papers", choices=["papers", "simultaneous"],
+                   help="update_order of CoT / ψ-MLE / GCN (simultaneous: one joint step per cycle, one process)")
     p.add_argument("--gcn-baseline", action="store_true", help="GCN weight_baseline (REINFORCE baseline on w)")
     p.add_argument("--tag", default="", help="suffix of the result files (investigation runs)")
     p.add_argument("--seed", type=int, default=0)
@@ -114,6 +116,7 @@ def training_settings(a: argparse.Namespace, max_completion_length: int) -> tupl
     }  # fmt: skip
     for settings in per_algorithm.values():
         settings["companion_warmup_steps"] = a.companion_warmup
+        settings["update_order"] = a.update_order
     return shared, per_algorithm
 
 
@@ -141,6 +144,8 @@ def companion_protocol(a: argparse.Namespace) -> str:
         text += f" Companion learning rate {a.companion_lr}."
     if a.gcn_baseline:
         text += " GCN with weight_baseline (weights minus their mean)."
+    if a.update_order != "papers":
+        text += f" Update order '{a.update_order}': each cycle ends in one step that trains both models."
     return text
 
 

@@ -28,11 +28,13 @@ case "$TARGET" in
     SLOW="$SLOW and not generator_weights_at and not mismatched and not non_finite and not config"
     SLOW="$SLOW and not ratio_model_needs and not seeded_black and not old_name" ;;
   trainers)
-    PATHS="hfcoop/trainers/cot.py hfcoop/trainers/psi_mle.py hfcoop/trainers/gcn.py hfcoop/trainers/genere.py hfcoop/trainers/mle.py"
+    PATHS=""
+    for a in cot psi_mle gcn genere mle; do PATHS="$PATHS hfcoop/trainers/$a.py hfcoop/trainers/${a}_config.py"; done
     TESTS="test_cot_trainer.py test_psi_mle.py test_gcn.py test_genere.py test_update_order.py test_companion_signal.py"
-    TESTS="$TESTS test_companion_warmup.py test_cot_packed.py test_algorithms.py test_watching.py"
+    TESTS="$TESTS test_update_order_simultaneous.py test_companion_warmup.py test_cot_packed.py test_algorithms.py"
+    TESTS="$TESTS test_watching.py"
     # multi-process and subprocess tests run the installed package, not the mutant; bf16 only re-runs a path
-    SLOW="not two_process and not ddp and not processes and not bf16 and not batch_layout and not benchmarks_read" ;;
+    SLOW="not two_process and not ddp and not processes and not bf16 and not batch_layout and not benchmarks_read and not readme" ;;
   *) echo "unknown target '$TARGET' (losses or trainers)" >&2; exit 2 ;;
 esac
 for f in conftest.py helpers.py toy.py $TESTS; do cp "$ROOT/tests/$f" "$SCRATCH/tests_mut/"; done

@@ -70,11 +70,11 @@ class CooperativeConfig(TrainingArguments):
             "help": "'papers' (default): each optimizer step trains ONE model; a cycle is N companion steps (CoT's "
             "mediator_steps, else 1) then one generator step on fresh samples against the UPDATED companion, as in "
             "CoT/ψ-MLE Alg. 1 and GCN (faithful to the papers, the same path under every engine). 'simultaneous': "
-            "the cycle's last step is ONE joint step that trains both models on one sampling of G (shared by both "
-            "losses), the generator reading the companion as it was BEFORE that step's update; so a CoT mediator "
-            "that starts as a copy of G gives the very first generator update zero gradient (use "
-            "companion_warmup_steps). Half the sampling and, on CoT's exact toy, 0.67x the time per generator update and "
-            "a lower median JSD per generator update, though not on every seed (benchmarks/README.md). One process only; not for MLE or GENERE (no companion model)."
+            "the cycle's last step is ONE joint step that trains both models on one sampling of G, the generator "
+            "reading the companion as it was BEFORE that step's update (a CoT mediator that starts as a copy of G "
+            "then gives the first generator update zero gradient: use companion_warmup_steps). On CoT's exact toy: "
+            "0.67x the time per generator update and a lower median JSD, though not on every seed "
+            "(benchmarks/README.md). One process only; not for MLE or GENERE (no companion model)."
         },
     )
     save_companion: bool = field(
