@@ -299,7 +299,8 @@ def test_gcn_warns_about_distorted_sampling(setting, tiny_lm, coco_text, tmp_pat
     """The weights w = q/q̂ and D's negatives assume samples of p_theta itself, as CoT's objectives do."""
     import warnings
 
-    with pytest.warns(UserWarning, match="GCN with .*biases the generator's update"):
+    with pytest.warns(UserWarning, match="GCN with .*: D then learns real vs samples of the distorted sampler .*"
+                                         "biases the generator's update"):
         GCNTrainer(tiny_lm, train_dataset=coco_text, args=gcn_args(tmp_path, **setting))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # plain sampling: no such warning

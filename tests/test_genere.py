@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
 
 from hfcoop import GenereConfig, GenereTrainer, MLEConfig, MLETrainer
@@ -200,6 +201,9 @@ def test_config_validation(tmp_path):
         config(tmp_path, generative_weight=-1.0)
     with pytest.raises(ValueError, match="baseline_smoothing"):
         config(tmp_path, baseline_smoothing=1.0)
+    assert config(tmp_path, baseline_smoothing=0.0).baseline_smoothing == 0.0  # µ = the last reward: allowed
+    with pytest.raises(ValueError, match=r"^GENERE needs at least one generator\.$"):
+        GenereTrainer("unused", [], args=config(tmp_path), train_dataset=equation_dataset(4, seed=0))
     with pytest.raises(TypeError, match="list of callables"):
         GenereTrainer("unused", compute_words, args=config(tmp_path), train_dataset=equation_dataset(4, seed=0))
 
@@ -348,3 +352,43 @@ def test_gamma_does_not_depend_on_the_batch_layout(tiny_lm, tmp_path):
     for other in (many, ddp):
         assert other["gamma"] == pytest.approx(one["gamma"], abs=1e-6)
         assert other["baseline"] == pytest.approx(one["baseline"], abs=1e-5)
+
+
+def test_initial_mixture_logits_are_checked_and_used(equation_lm, tmp_path):
+    three = EQUATION_GENERATORS[:3]
+    with pytest.raises(ValueError, match=r"^initial_mixture_logits has 2 values for 3 generators\.$"):
+        GenereTrainer(str(tmp_path / "no-such-model"), three, args=config(tmp_path, initial_mixture_logits=[0.0, 1.0]),
+                      train_dataset=equation_dataset(4, seed=0))  # fmt: skip
+    trainer = GenereTrainer(equation_lm, three, args=config(tmp_path, initial_mixture_logits=[1.0, 0.0, -1.0]),
+                            train_dataset=equation_dataset(4, seed=0))  # fmt: skip
+    assert trainer.mixture_logits == [1.0, 0.0, -1.0]
+
+
+CHAT = Dataset.from_dict({"messages": [[{"role": "user", "content": "compute one"},
+                                        {"role": "assistant", "content": "X = 1"}]] * 4})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "row, data, detail",
+    [
+        ({"foo": "x"}, None, r"The row of generators\[0\] \(one_row\)"),  # no data: the first row sets the format
+        ({"foo": [1]}, CHAT, r"generators\[0\] \(one_row\) returned keys \['foo'\]: conversational data needs "
+                             r"'messages' or 'prompt'/'completion' message lists\.$"),
+        ({"messages": "not a list"}, CHAT, r"The row of generators\[0\] \(one_row\)"),
+    ],
+)
+def test_malformed_generated_rows_are_named(row, data, detail, tmp_path):
+    def one_row(rng):
+        return row
+
+    with pytest.raises(ValueError, match=detail):
+        GenereTrainer(str(tmp_path / "no-such-model"), [one_row], args=config(tmp_path), train_dataset=data)
+
+
+def test_a_well_formed_conversational_generator_passes_the_check(tmp_path):
+    def chat_row(rng):
+        return {"messages": [{"role": "user", "content": "compute two"}, {"role": "assistant", "content": "X = 2"}]}
+
+    with pytest.raises(Exception) as failure:  # the generators pass; the missing model is what fails
+        GenereTrainer(str(tmp_path / "no-such-model"), [chat_row], args=config(tmp_path), train_dataset=CHAT)
+    assert "generators[" not in str(failure.value) and "no-such-model" in str(failure.value)
