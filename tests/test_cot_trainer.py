@@ -269,8 +269,11 @@ def test_empty_dataset_is_a_clear_error(tiny_lm, tmp_path):
 
 def test_vocabulary_mismatch_is_a_clear_error(tiny_lm, coco_text, tmp_path):
     other = GPT2LMHeadModel(GPT2Config(vocab_size=123, n_layer=1, n_embd=16, n_head=2, n_positions=32))
-    with pytest.raises(ValueError, match="Vocabulary mismatch"):
+    with pytest.raises(ValueError, match="Vocabulary mismatch: the generator has 600 output tokens but the mediator has "
+                                         "123. The mediator must use the generator's tokenizer"):
         CoTTrainer(tiny_lm, mediator=other, train_dataset=coco_text, args=cot_args(tmp_path))
+    with pytest.raises(ValueError, match="gamma"):  # the REINFORCE weight is in [0, 1]
+        cot_args(tmp_path, gamma=1.5)
 
 
 def test_encoder_only_generator_is_refused(tiny_lm, coco_text, tmp_path):
@@ -290,7 +293,9 @@ def test_encoder_only_generator_is_refused(tiny_lm, coco_text, tmp_path):
 
 def test_mediator_step_logs_the_two_halves_of_its_balanced_nll(tiny_lm, coco_text, tmp_path):
     """Eq. 9: the logged mediator loss is the mean of the per-sequence NLLs of the real and the generated rows."""
-    trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=cot_args(tmp_path, max_steps=1))
+    # batch 3 (< the 8-token completions): a sum over the wrong axis cannot give the same mean
+    trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=cot_args(tmp_path, max_steps=1,
+                                                                         per_device_train_batch_size=3))  # fmt: skip
     trainer.train()
     (first,) = [h for h in trainer.state.log_history if "companion/loss" in h]
     real, generated = first["companion/nll_real"], first["companion/nll_generated"]

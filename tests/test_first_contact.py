@@ -212,7 +212,9 @@ def test_all_empty_completions_are_refused(tiny_lm, tmp_path):
 
 
 def test_cot_warns_about_distorted_sampling(tiny_lm, coco_text, tmp_path):
-    with pytest.warns(UserWarning, match="biases both objectives"):
+    with pytest.warns(UserWarning, match=r"CoT with temperature=0.7, top_k=0, top_p=1.0: the mediator then learns "
+                                         r"\(p_data \+ G'\)/2 .* and the generator's KL\(G\|\|M\) is estimated on "
+                                         r"G' samples, which biases both objectives"):
         CoTTrainer(tiny_lm, train_dataset=coco_text, args=config(CoTConfig, tmp_path, temperature=0.7))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
