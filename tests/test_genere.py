@@ -202,6 +202,10 @@ def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="baseline_smoothing"):
         config(tmp_path, baseline_smoothing=1.0)
     assert config(tmp_path, baseline_smoothing=0.0).baseline_smoothing == 0.0  # µ = the last reward: allowed
+    with pytest.raises(ValueError, match=r"mixture_shrinkage must be in \(0, 1\], got 0.0"):
+        config(tmp_path, mixture_shrinkage=0.0)  # 0 would freeze γ
+    with pytest.raises(ValueError, match="likelihood_normalization must be one of .*, got 'mean'"):
+        config(tmp_path, likelihood_normalization="mean")
     with pytest.raises(ValueError, match=r"^GENERE needs at least one generator\.$"):
         GenereTrainer("unused", [], args=config(tmp_path), train_dataset=equation_dataset(4, seed=0))
     with pytest.raises(TypeError, match="list of callables"):
