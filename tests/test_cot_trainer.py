@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -335,3 +336,16 @@ def test_lengths_beyond_the_model_positions_are_a_clear_error(tiny_lm, coco_prom
     with pytest.raises(ValueError, match="must fit the model.s 64 positions: set max_prompt_length to at most 56"):
         CoTTrainer(tiny_lm, train_dataset=coco_prompt_completion,
                    args=cot_args(tmp_path, max_prompt_length=60, max_completion_length=8))  # fmt: skip
+
+
+def test_cot_warns_about_distorted_sampling(tiny_lm, coco_text, tmp_path):
+    with pytest.warns(UserWarning, match=r"CoT with temperature=0.7, top_k=0, top_p=1.0: the mediator then learns "
+                                         r"\(p_data \+ G'\)/2 .* and the generator's KL\(G\|\|M\) is estimated on "
+                                         r"G' samples, which biases both objectives"):
+        CoTTrainer(tiny_lm, train_dataset=coco_text, args=cot_args(tmp_path, temperature=0.7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            CoTTrainer(tiny_lm, train_dataset=coco_text, args=cot_args(tmp_path))
+        except UserWarning as w:
+            assert "biases" not in str(w)

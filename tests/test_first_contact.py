@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -209,19 +208,6 @@ def test_all_empty_completions_are_refused(tiny_lm, tmp_path):
     data = Dataset.from_dict({"prompt": ["a man", "a dog"], "completion": ["", "  "]})
     with pytest.raises(ValueError, match="every 'completion' is empty"):
         MLETrainer(tiny_lm, train_dataset=data, args=config(MLEConfig, tmp_path))
-
-
-def test_cot_warns_about_distorted_sampling(tiny_lm, coco_text, tmp_path):
-    with pytest.warns(UserWarning, match=r"CoT with temperature=0.7, top_k=0, top_p=1.0: the mediator then learns "
-                                         r"\(p_data \+ G'\)/2 .* and the generator's KL\(G\|\|M\) is estimated on "
-                                         r"G' samples, which biases both objectives"):
-        CoTTrainer(tiny_lm, train_dataset=coco_text, args=config(CoTConfig, tmp_path, temperature=0.7))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        try:
-            CoTTrainer(tiny_lm, train_dataset=coco_text, args=config(CoTConfig, tmp_path))
-        except UserWarning as w:
-            assert "biases" not in str(w)
 
 
 def test_mediator_with_same_size_but_other_vocabulary_is_refused(tiny_lm, coco_text, tmp_path):
