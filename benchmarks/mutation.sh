@@ -34,7 +34,7 @@ case "$TARGET" in
     TESTS="$TESTS test_update_order_simultaneous.py test_companion_warmup.py test_cot_packed.py test_algorithms.py"
     TESTS="$TESTS test_watching.py"
     # multi-process and subprocess tests run the installed package, not the mutant; bf16 only re-runs a path
-    SLOW="not two_process and not ddp and not processes and not bf16 and not batch_layout and not benchmarks_read and not readme" ;;
+    SLOW="not two_process and not ddp and not processes and not bf16 and not batch_layout and not benchmarks_read and not readme and not conditional_benchmark" ;;
   *) echo "unknown target '$TARGET' (losses or trainers)" >&2; exit 2 ;;
 esac
 for f in conftest.py helpers.py toy.py $TESTS; do cp "$ROOT/tests/$f" "$SCRATCH/tests_mut/"; done
