@@ -67,14 +67,9 @@ class CooperativeConfig(TrainingArguments):
     update_order: str = field(
         default=UPDATE_ORDER_PAPERS,
         metadata={
-            "help": "'papers' (default): each optimizer step trains ONE model; a cycle is N companion steps (CoT's "
-            "mediator_steps, else 1) then one generator step on fresh samples against the UPDATED companion, as in "
-            "CoT/ψ-MLE Alg. 1 and GCN (faithful to the papers, the same path under every engine). 'simultaneous': "
-            "the cycle's last step is ONE joint step that trains both models on one sampling of G, the generator "
-            "reading the companion as it was BEFORE that step's update (a CoT mediator that starts as a copy of G "
-            "then gives the first generator update zero gradient: use companion_warmup_steps). On CoT's exact toy: "
-            "0.67x the time per generator update and a lower median JSD, though not on every seed "
-            "(benchmarks/README.md). One process only; not for MLE or GENERE (no companion model)."
+            "help": "'papers' (default): each step trains one model and the generator reads the UPDATED companion "
+            "(the papers' Alg. 1). 'simultaneous': one step trains both on one sampling, the generator reading the "
+            "companion before that step's update (one process; measured: benchmarks/README)."
         },
     )
     save_companion: bool = field(
@@ -92,10 +87,8 @@ class CooperativeConfig(TrainingArguments):
     shared_base: bool = field(
         default=False,
         metadata={
-            "help": "Generator and companion as two LoRA adapters (plus a scorer's one-logit head) on ONE frozen base "
-            "model instead of two models: needs `peft_config`; the companion starts at the base model. CoT, ψ-MLE, "
-            "GCN. Peak memory at 124M: 1.0-1.31x LoRA-SFT's across measured rounds, about a third of the two-model "
-            "pair's (benchmarks/README)."
+            "help": "Generator and companion as two LoRA adapters (plus a scorer's head) on ONE frozen base model: "
+            "needs `peft_config`; CoT, ψ-MLE, GCN; about a third of the two-model pair's memory (benchmarks/README)."
         },
     )
     trust_remote_code: bool = field(
@@ -108,11 +101,10 @@ class CooperativeConfig(TrainingArguments):
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
-        metadata={"help": "Keyword arguments for the generator's `from_pretrained` when it is given by name, as in "
-                  "TRL: dtype (auto/bfloat16/float16/float32), attn_implementation, revision (also used for the "
-                  "tokenizer), trust_remote_code, device_map, quantization_config (a dict of BitsAndBytesConfig "
-                  "fields, e.g. {load_in_4bit: true, bnb_4bit_quant_type: nf4}: QLoRA, needs `peft_config`). A "
-                  "YAML mapping or a JSON string on the command line."},
+        metadata={"help": "The generator's `from_pretrained` kwargs (by name), as in TRL: dtype, "
+                  "attn_implementation, revision (tokenizer too), trust_remote_code, device_map, quantization_config "
+                  "(BitsAndBytesConfig "
+                  "fields, e.g. {load_in_4bit: true}: QLoRA, needs `peft_config`). YAML mapping or JSON string."},
     )  # fmt: skip
     companion_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
