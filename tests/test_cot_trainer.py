@@ -349,3 +349,33 @@ def test_cot_warns_about_distorted_sampling(tiny_lm, coco_text, tmp_path):
             CoTTrainer(tiny_lm, train_dataset=coco_text, args=cot_args(tmp_path))
         except UserWarning as w:
             assert "biases" not in str(w)
+
+
+def test_completions_table_kl_of_a_sample_that_stopped_early(tiny_lm, coco_text, tmp_path):
+    """The generator step's table score is KL(G||M) averaged over each sample's own tokens: a sample that stopped
+    early (padding after its EOS) gets the mean over its real tokens, finite, equal to the step's per-token KL."""
+    import hfcoop.trainers.cot as cot_module
+
+    args = cot_args(tmp_path, max_steps=2, log_completions_steps=1, num_completions_to_log=2,
+                    per_device_train_batch_size=2)  # fmt: skip
+    trainer = CoTTrainer(tiny_lm, train_dataset=coco_text, args=args)
+    sample = trainer.sample
+
+    def stopping_early(prompt_ids, prompt_mask, *rest):
+        ids, mask = sample(prompt_ids, prompt_mask, *rest)
+        mask = mask.clone()
+        mask[0, 2:] = 0  # the first sample ends after 2 tokens
+        return ids.masked_fill(mask == 0, trainer.processing_class.pad_token_id), mask
+
+    trainer.sample = stopping_early
+    kls = []
+    real_kl = cot_module.per_token_kl
+    cot_module.per_token_kl = lambda *a: (kls.append(real_kl(*a)), kls[-1])[1]
+    try:
+        trainer.train()
+    finally:
+        cot_module.per_token_kl = real_kl
+    with open(os.path.join(args.output_dir, "completions", "completions_00002.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    first = float(kls[-1].squeeze(0)[:2].mean())  # the generator step's packed KL: row 0's 2 tokens come first
+    assert rows[0]["kl_per_token"] == pytest.approx(first, rel=1e-4) and math.isfinite(rows[1]["kl_per_token"])
