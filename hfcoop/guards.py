@@ -38,6 +38,7 @@ _MODEL_MARKERS = ("model.safetensors", "model.safetensors.index.json", "adapter_
                   "hfcoop_training_args.json")  # fmt: skip
 RUN_MARKER = "_hfcoop_run.json"  # "_": the Hub upload of output_dir skips it, as it skips the lock
 LOCK_NAME = "_hfcoop_run.lock"  # the run lock's file (hfcoop.run_lock), taken before the folder is checked
+_TMP_SUFFIX = ".tmp"  # _write_json's temporary file, renamed over the real one
 _PROBE_PREFIX = ".hfcoop-write-test-"  # check_writable's probe; another process of the run may be writing one
 _MARKER_NOTE = "hfcoop writes into this folder: an overwrite replaces the files it wrote, never others."
 _SECRET_FLAG = re.compile(r"(token|secret|password|api_key|apikey)", re.IGNORECASE)
@@ -117,7 +118,7 @@ def _check_foreign_output_dir(output_dir: str, overwrite: bool) -> None:
     """A folder hfcoop has not written to: written only if empty, or beside its files (never over them) with
     ``overwrite``."""
     # hfcoop's own files that another process of this run (or a killed run) may leave here do not count.
-    own = (LOCK_NAME, RUN_MARKER, RUN_MARKER + ".tmp")  # .tmp: _write_json's, while the marker is written
+    own = (LOCK_NAME, RUN_MARKER, RUN_MARKER + _TMP_SUFFIX)  # the temporary file: while the marker is written
     found = sorted(n for n in os.listdir(output_dir) if n not in own and not n.startswith(_PROBE_PREFIX))
     if found and not overwrite:
         raise OutputDirError(
@@ -157,7 +158,7 @@ def check_writable(output_dir: str) -> None:
 
 def _write_json(path: str, value: Any) -> None:
     """Writes ``path`` whole or not at all (a temporary file, synced, then renamed over it)."""
-    tmp = path + ".tmp"
+    tmp = path + _TMP_SUFFIX
     with open(tmp, "w") as f:
         json.dump(value, f)
         f.flush()

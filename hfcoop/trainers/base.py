@@ -161,6 +161,7 @@ class CooperativeTrainer(Trainer):
         )
         self.raw_eval_dataset = eval_dataset  # untokenised: the generation metrics need its texts
         self._completion_rows: list[dict[str, Any]] = []
+        self._joint_samples: dict[tuple[int, int, int], tuple[torch.Tensor, ...]] | None = None  # a joint step's draws
         self.add_callback(CompletionsLogger(self))
         self.generation_config = build_generation_config(
             tokenizer, args.max_completion_length, args.temperature, args.top_k, args.top_p, self.eos_token_ids
@@ -280,7 +281,6 @@ class CooperativeTrainer(Trainer):
         ``update_order="simultaneous"`` a joint step (:meth:`is_joint_step`) returns the sum of both, computed
         before the step's one backward (so the generator reads the companion before this step's update), both
         from ONE sampling of G (:meth:`sample` memoises its draws for the step)."""
-        self._joint_samples = None
         if self.is_joint_step():
             self._joint_samples = {}
             try:
@@ -331,7 +331,7 @@ class CooperativeTrainer(Trainer):
         In a joint step (:meth:`cooperative_step`) a second call for the same prompt tensors and count returns the
         first call's draws: both updates share one sampling (GCN's 'resample' draws K candidates for the generator
         and 1 per prompt for D: different calls, not shared; 'mcts' does not sample here)."""
-        memo = getattr(self, "_joint_samples", None)
+        memo = self._joint_samples
         key = (id(prompt_ids), id(prompt_mask), num_return_sequences)
         if memo is not None and key in memo:
             return memo[key][2:]
@@ -571,21 +571,17 @@ class CooperativeTrainer(Trainer):
             return True
         if not self.generator_learns():
             return False
-        if self.args.update_order == UPDATE_ORDER_SIMULTANEOUS:
-            return self.is_joint_step()
+        # The papers' cycle: N companion steps, then the generator's; the simultaneous one: N - 1, then a joint step.
         n = self.companion_steps()
-        return (self.state.global_step - self.args.companion_warmup_steps) % (n + 1) == n
+        cycle = n if self.args.update_order == UPDATE_ORDER_SIMULTANEOUS else n + 1
+        return (self.state.global_step - self.args.companion_warmup_steps) % cycle == cycle - 1
 
     def is_joint_step(self) -> bool:
         """Whether this optimizer step trains both models (``update_order="simultaneous"`` only): after the
         companion warm-up each cycle is ``companion_steps() - 1`` companion steps, then one joint step whose
         generator reads the companion as it was before the step (its update lands with the generator's)."""
-        if self.args.update_order != UPDATE_ORDER_SIMULTANEOUS or self.pair.companion is None:
-            return False
-        if not self.generator_learns():
-            return False
-        n = self.companion_steps()
-        return (self.state.global_step - self.args.companion_warmup_steps) % n == n - 1
+        simultaneous = self.args.update_order == UPDATE_ORDER_SIMULTANEOUS
+        return simultaneous and self.pair.companion is not None and self.is_generator_step()
 
     def companion_signal(self, model: nn.Module, part: PairInput) -> torch.Tensor:
         """The companion's output that the generator's loss reads (mediator logits, log r, D's logit): a forward of
