@@ -70,7 +70,7 @@ def test_accelerate_config_and_num_processes_launch_accelerate_like_trl(engine, 
     (2 CPU processes: gloo; DeepSpeed on its CPU accelerator; the launch's own flags ride along)."""
     env = {**installed_hfcoop["env"], "DS_ACCELERATOR": "cpu"}
     cmd = [installed_hfcoop["hfcoop"], "train", "cot", "--config", "coco/cot_tiny", "--accelerate_config", engine,
-           "--num_processes", "2", "--mixed_precision", "no", "--quality_samples", "0",  # no --use_cpu: as a user
+           "--num_processes", "2", "--mixed_precision", "no", "--use_cpu", "true", "--quality_samples", "0",
            "--output_dir", str(tmp_path / "run"), *SMALL[:2], *SMALL[2:6], *SMALL[8:]]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,7 +8,6 @@ argument parsing before training stay as cheap as ``trl sft --help``.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -250,10 +249,6 @@ class CooperativeConfig(TrainingArguments):
                 "unpatched). Remove use_liger_kernel; for memory, use gradient_checkpointing, peft_config (LoRA) or "
                 "shared_base."
             )
-        if not self.use_cpu and not torch.accelerator.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # A launched multi-process run on a machine without accelerator (gloo): transformers recognises it only
-            # with use_cpu; without it every rank believes it is the main process (locks, checks and saves as one).
-            self.use_cpu = True
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
             # Nothing to pin for, and torch warns on every dataloader; TrainingArguments turns it off for use_cpu only.
             self.dataloader_pin_memory = False
